@@ -1,0 +1,99 @@
+"""Settings, read once from the environment into a pydantic model.
+
+Sources, highest first: environment variables, then the ``Values`` of ``local.settings.json`` (the file
+Core Tools reads; our local host and the admin CLI read it too). Azure app settings arrive as environment
+variables, so the same model serves both. Every name is documented in ``local.settings.example.json``
+and is a contract with the Bicep template (``infra/bicep``) and the tests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Optional
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+LOCAL_SETTINGS_FILE = PROJECT_ROOT / "local.settings.json"
+
+# Environment variables that only exist inside Azure App Service / Functions. Their presence means the
+# code runs in Azure, where local-only conveniences (local secret store, sandbox) must refuse to start.
+AZURE_MARKERS = ("WEBSITE_INSTANCE_ID", "WEBSITE_SITE_NAME", "CONTAINER_NAME")
+
+
+class SettingsError(RuntimeError):
+    """A configuration that cannot work; raised at first use, with the setting's name."""
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(frozen=True, populate_by_name=True, extra="ignore")
+
+    public_url: str = Field("http://localhost:7071", alias="MC_PUBLIC_URL")
+    tables_connection_string: Optional[str] = Field(None, alias="MC_TABLES_CONNECTION_STRING")
+    tables_endpoint: Optional[str] = Field(None, alias="MC_TABLES_ENDPOINT")
+    table_prefix: str = Field("", alias="MC_TABLE_PREFIX", pattern=r"^[A-Za-z]?[A-Za-z0-9]{0,20}$")
+    key_vault_url: Optional[str] = Field(None, alias="MC_KEY_VAULT_URL")
+    local_secret_key: Optional[str] = Field(None, alias="MC_LOCAL_SECRET_KEY")
+    signing_key: Optional[str] = Field(None, alias="MC_SIGNING_KEY")
+    redirect_allowlist: str = Field("", alias="MC_REDIRECT_ALLOWLIST")
+    link_ttl_seconds: int = Field(24 * 3600, alias="MC_LINK_TTL_SECONDS", gt=0)
+    link_max_ttl_seconds: int = Field(7 * 24 * 3600, alias="MC_LINK_MAX_TTL_SECONDS", gt=0)
+    flow_ttl_seconds: int = Field(15 * 60, alias="MC_FLOW_TTL_SECONDS", gt=0)
+    authority_host: Optional[str] = Field(None, alias="MC_AUTHORITY_HOST")
+    graph_url: Optional[str] = Field(None, alias="MC_GRAPH_URL")
+    ca_bundle: Optional[str] = Field(None, alias="MC_CA_BUNDLE")
+    # Client id of the user-assigned managed identity (set by the Bicep template).
+    azure_client_id: Optional[str] = Field(None, alias="AZURE_CLIENT_ID")
+    in_azure: bool = False
+
+    @field_validator("public_url")
+    @classmethod
+    def _strip_slash(cls, value: str) -> str:
+        return value.rstrip("/")
+
+    @property
+    def redirect_origins(self) -> tuple[str, ...]:
+        return tuple(o.strip().rstrip("/").lower() for o in self.redirect_allowlist.split(",") if o.strip())
+
+    @property
+    def oauth_redirect_uri(self) -> str:
+        """The one redirect URI registered in Entra for every app."""
+        return f"{self.public_url}/oauth"
+
+    @property
+    def insecure_localhost(self) -> bool:
+        """Plain-http localhost: the only place cookies may go without ``Secure``."""
+        return self.public_url.startswith(("http://localhost", "http://127.0.0.1"))
+
+    def table_name(self, base: str) -> str:
+        return f"{self.table_prefix}{base}"
+
+
+def read_local_settings(path: Optional[Path] = None) -> dict[str, str]:
+    """The ``Values`` of local.settings.json, or nothing when the file is absent."""
+    path = path or LOCAL_SETTINGS_FILE
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        raise SettingsError(f"{path.name} is not readable JSON: {exc}") from exc
+    values = data.get("Values", {}) if isinstance(data, dict) else {}
+    return {str(k): str(v) for k, v in values.items() if v is not None}
+
+
+def load_settings(environ: Optional[dict[str, str]] = None) -> Settings:
+    env = dict(os.environ if environ is None else environ)
+    merged = {**read_local_settings(), **env}
+    values = {k: v for k, v in merged.items() if v != ""}
+    values["in_azure"] = any(env.get(name) for name in AZURE_MARKERS)
+    return Settings.model_validate(values)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings (read once; tests call ``get_settings.cache_clear()``)."""
+    return load_settings()

@@ -1,0 +1,69 @@
+"""Shared fixtures: one real Azurite per test session, a fresh set of tables per test (table prefix)."""
+
+from __future__ import annotations
+
+import base64
+import os
+import secrets
+from typing import Iterator
+
+import pytest
+
+from shared.settings import get_settings
+from shared.tables.client import reset_clients
+from tools.azurite import Azurite, start_azurite
+
+# Settings a developer's shell or local.settings.json might carry must not leak into tests.
+_OURS = ("MC_", "AZURE_CLIENT_ID", "WEBSITE_INSTANCE_ID", "WEBSITE_SITE_NAME", "CONTAINER_NAME")
+
+
+@pytest.fixture(scope="session")
+def azurite() -> Iterator[Azurite]:
+    server = start_azurite()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def table_prefix() -> str:
+    return "t" + secrets.token_hex(6)
+
+
+@pytest.fixture
+def env(monkeypatch: pytest.MonkeyPatch, azurite: Azurite, table_prefix: str, tmp_path) -> dict[str, str]:
+    """A clean local configuration on Azurite; tests add or override keys through ``set_env``."""
+    for name in list(os.environ):
+        if name.startswith(_OURS):
+            monkeypatch.delenv(name, raising=False)
+    # No local.settings.json from the developer's checkout: point the loader at an empty folder.
+    monkeypatch.setattr("shared.settings.LOCAL_SETTINGS_FILE", tmp_path / "local.settings.json")
+    values = {
+        "MC_PUBLIC_URL": "http://localhost:7071",
+        "MC_TABLES_CONNECTION_STRING": azurite.connection_string,
+        "MC_TABLE_PREFIX": table_prefix,
+        "MC_LOCAL_SECRET_KEY": base64.b64encode(secrets.token_bytes(32)).decode(),
+        "MC_SIGNING_KEY": secrets.token_urlsafe(32),
+    }
+    for key, value in values.items():
+        monkeypatch.setenv(key, value)
+    _reset()
+    yield values
+    _reset()
+
+
+def _reset() -> None:
+    get_settings.cache_clear()
+    reset_clients()
+
+
+@pytest.fixture
+def set_env(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]):
+    def apply(**values: str | None) -> None:
+        for key, value in values.items():
+            if value is None:
+                monkeypatch.delenv(key, raising=False)
+            else:
+                monkeypatch.setenv(key, value)
+        _reset()
+
+    return apply

@@ -1,0 +1,1 @@
+"""Protocol-level fakes of the services Mailbox Connect talks to (Microsoft identity, Key Vault)."""
