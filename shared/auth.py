@@ -1,0 +1,23 @@
+"""API authentication: ``Authorization: Bearer <api token>``, checked against stored hashes on every call."""
+
+from __future__ import annotations
+
+import azure.functions as func
+
+from shared.errors import ApiError
+from shared.tables.apitokens import ApiToken, find_token
+
+
+def require_token(req: func.HttpRequest, scope: str = "api") -> ApiToken:
+    header = req.headers.get("authorization") or ""
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise ApiError(401, "unauthorized", "send Authorization: Bearer <api token>",
+                       headers={"WWW-Authenticate": 'Bearer realm="mailbox-connect"'})
+    record = find_token(token.strip())
+    if record is None:
+        raise ApiError(401, "unauthorized", "the API token is not valid or was revoked",
+                       headers={"WWW-Authenticate": 'Bearer realm="mailbox-connect", error="invalid_token"'})
+    if scope not in record.scope_set:
+        raise ApiError(403, "forbidden", f"the API token lacks the {scope!r} scope")
+    return record

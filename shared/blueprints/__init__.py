@@ -1,0 +1,1 @@
+"""HTTP blueprints, one per area. Handlers parse, call a service function and render; nothing more."""

@@ -1,0 +1,261 @@
+"""The hosted sign-in: ``start`` (``GET /accounts/new``) and ``complete`` (``GET /oauth``).
+
+Write order in ``complete`` makes a crash harmless (DESIGN.md, invariant 4): claim the link nonce, write
+the refresh token, the index row and the credential row, then the account row (the commit point), then
+clean up the old binding. A failure before the commit releases the nonce so the same link can be retried.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import re
+import secrets
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Optional
+
+from shared import linkcodec
+from shared.clouds import scopes_for
+from shared.errors import ApiError
+from shared.identity import IdentityError, IdentityUnavailable, Tokens, redeem_code, start_flow
+from shared.models import LinkData
+from shared.oauth_apps import client_secret, forget_client_secret
+from shared.redirects import with_query
+from shared.secrets import SecretStoreUnavailable, get_secret_store
+from shared.settings import Settings
+from shared.tables import accounts, apps, flows, links, principals
+from shared.tables.accounts import Account
+from shared.tables.flows import PendingFlow
+from shared.tables.principals import Credential
+from shared.tables.records import utcnow
+
+log = logging.getLogger("mailbox_connect.signin")
+COOKIE_PREFIX = "mc_signin_"
+_STATE = re.compile(r"^[A-Za-z0-9_-]{8,128}$")
+
+
+@dataclass
+class Redirect:
+    location: str
+    cookies: list[str] = field(default_factory=list)
+
+
+class HostedError(Exception):
+    """A failure shown on a hosted page because the app's redirectUrl is unknown or must not be trusted."""
+
+    def __init__(self, kind: str, *, mailbox: Optional[str] = None, retry_url: Optional[str] = None,
+                 cookies: Optional[list[str]] = None) -> None:
+        super().__init__(kind)
+        self.kind = kind
+        self.mailbox = mailbox
+        self.retry_url = retry_url
+        self.cookies = cookies or []
+
+
+class AppError(Exception):
+    """A failure reported to the app: ``redirectUrl?error=..&error_description=..``."""
+
+    def __init__(self, code: str, description: str) -> None:
+        super().__init__(code)
+        self.code = code
+        self.description = description
+
+
+# --- ids -------------------------------------------------------------------------------------------
+
+def credential_id(app_id: str, tid: str, oid: str) -> str:
+    """Derived from the signer, so it is stable, unique per (app, tenant, user), and a valid secret name."""
+    return hashlib.sha256(f"{app_id}:{tid.lower()}:{oid.lower()}".encode()).hexdigest()[:40]
+
+
+def credential_secret_name(cred_id: str) -> str:
+    return f"rt-{cred_id}"
+
+
+def derived_account_id(tid: str, mailbox: str) -> str:
+    """Connecting the same mailbox twice without an account id yields the same account."""
+    return hashlib.sha256(f"{tid.lower()}:{mailbox.lower()}".encode()).hexdigest()[:32]
+
+
+def _cookie_name(state: str) -> str:
+    return COOKIE_PREFIX + hashlib.sha256(state.encode()).hexdigest()[:16]
+
+
+def _cookie(name: str, value: str, max_age: int, settings: Settings) -> str:
+    secure = "" if settings.insecure_localhost else "; Secure"
+    return f"{name}={value}; Max-Age={max_age}; Path=/oauth; HttpOnly; SameSite=Lax{secure}"
+
+
+def _digest(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()
+
+
+# --- GET /accounts/new --------------------------------------------------------------------------------
+
+def start(data: Optional[str], sig: Optional[str], settings: Settings) -> Redirect:
+    """Verify the link, start MSAL's auth-code flow, store it, bind it to this browser."""
+    try:
+        link = linkcodec.decode(data, sig, settings)
+    except linkcodec.LinkError as exc:
+        raise HostedError(f"link_{exc.kind}") from None
+    mailbox = link.email
+    if links.is_used(link.nonce):
+        raise HostedError("link_used", mailbox=mailbox)
+    try:
+        app = apps.get_app(link.type)
+        if app is None or not app.enabled:
+            raise AppError("app_unavailable", "the OAuth app of this link is no longer available")
+        scopes = scopes_for(app.cloud, app.baseScopes, delegated=link.delegated, extra=tuple(app.extraScopes))
+        # Never hint a shared mailbox: it cannot sign in. An own mailbox may be hinted.
+        hint = link.loginHint or (None if link.delegated else link.expectedEmail)
+        flow = start_flow(app, client_secret(app, settings), settings, scopes,
+                          login_hint=hint, domain_hint=link.domainHint)
+    except AppError as exc:
+        return _to_app(link, exc.code, exc.description)
+    except (IdentityUnavailable, SecretStoreUnavailable):
+        raise HostedError("unavailable", mailbox=mailbox, retry_url=linkcodec.link_url(link, settings)) from None
+    binding = secrets.token_urlsafe(32)
+    flows.insert_flow(PendingFlow(
+        state=flow["state"], appId=app.id, flow=flow, link=link.model_dump(mode="json"),
+        binding=_digest(binding), expiresAt=utcnow() + timedelta(seconds=settings.flow_ttl_seconds),
+    ))
+    cookie = _cookie(_cookie_name(flow["state"]), binding, settings.flow_ttl_seconds, settings)
+    return Redirect(flow["auth_uri"], [cookie])
+
+
+# --- GET /oauth ---------------------------------------------------------------------------------------
+
+def complete(params: dict[str, str], cookies: dict[str, str], settings: Settings) -> Redirect:
+    state = params.get("state") or ""
+    if not _STATE.match(state):
+        raise HostedError("session_unknown")
+    name = _cookie_name(state)
+    clear = [_cookie(name, "", 0, settings)]
+    pending = flows.get_flow(state)
+    if pending is None or pending.consumed:
+        raise HostedError("session_unknown", cookies=clear)
+    link = LinkData.model_validate(pending.link)
+    binding = cookies.get(name, "")
+    if not binding or not hmac.compare_digest(_digest(binding), pending.binding):
+        raise HostedError("browser_mismatch", mailbox=link.email, retry_url=_retry_url(link, settings))
+    if pending.expiresAt <= utcnow():
+        raise HostedError("session_expired", mailbox=link.email, retry_url=_retry_url(link, settings), cookies=clear)
+    if not flows.claim_flow(pending):
+        raise HostedError("session_unknown", cookies=clear)
+    try:
+        redirect = _finish(pending, link, params, settings)
+    except AppError as exc:
+        redirect = _to_app(link, exc.code, exc.description)
+    flows.forget_flow(state)
+    redirect.cookies.extend(clear)
+    return redirect
+
+
+def _retry_url(link: LinkData, settings: Settings) -> Optional[str]:
+    return None if link.exp <= time.time() else linkcodec.link_url(link, settings)
+
+
+def _to_app(link: LinkData, code: str, description: str, account: Optional[str] = None) -> Redirect:
+    params = {"error": code, "error_description": description}
+    if account or link.account:
+        params["account"] = account or link.account
+    return Redirect(with_query(link.redirectUrl, params))
+
+
+def _finish(pending: PendingFlow, link: LinkData, params: dict[str, str], settings: Settings) -> Redirect:
+    if params.get("error"):
+        code = params["error"][:64]
+        description = (params.get("error_description") or code).strip().splitlines()[0][:300]
+        raise AppError(code, description)
+    if not params.get("code"):
+        raise AppError("invalid_request", "the sign-in response carried no authorization code")
+    app = apps.get_app(pending.appId)
+    if app is None:
+        raise AppError("app_unavailable", "the OAuth app of this link is no longer available")
+    try:
+        tokens = redeem_code(app, client_secret(app, settings), settings, pending.flow, params)
+    except IdentityError as exc:
+        if exc.code == "invalid_client":
+            forget_client_secret(app.id)
+        raise AppError(exc.code, exc.description) from None
+    except (IdentityUnavailable, SecretStoreUnavailable):
+        raise AppError("temporarily_unavailable", "Microsoft could not be reached; try the link again") from None
+    if not tokens.refresh_token:
+        raise AppError("consent_required", "Microsoft returned no refresh token (offline access was not granted)")
+
+    claims = tokens.claims
+    tid, oid = claims["tid"], claims["oid"]
+    upn = str(claims.get("preferred_username") or claims.get("upn") or claims.get("email") or oid)
+    own_address = str(claims.get("email") or upn)
+    mailbox = link.email if link.delegated else own_address
+    if link.expectedEmail and mailbox.lower() != link.expectedEmail.lower():
+        raise AppError("email_mismatch", f"signed in as {upn}, but the link expects {link.expectedEmail}")
+    account_id = link.account or derived_account_id(tid, mailbox)
+    cred_id = credential_id(app.id, tid, oid)
+
+    if not links.claim(link.nonce, account_id, datetime.fromtimestamp(link.exp, timezone.utc)):
+        raise AppError("link_used", "this sign-in link was already used")
+    try:
+        _store_credential(app.id, cred_id, tid, oid, upn, claims.get("name"), tokens, settings)
+        principals.add_account(cred_id, account_id, mailbox)
+        now = utcnow()
+        state, previous = _commit_account(Account(
+            account=account_id, email=mailbox, name=link.name or claims.get("name"), delegated=link.delegated,
+            appId=app.id, credentialId=cred_id, signerUpn=upn, signerTid=tid, signerOid=oid,
+            signerName=claims.get("name"), meta=link.meta, created=now, updated=now,
+        ))
+    except SecretStoreUnavailable:
+        links.release(link.nonce)
+        raise AppError("temporarily_unavailable", "the credential could not be stored; try the link again") from None
+    except BaseException:
+        links.release(link.nonce)
+        raise
+    if previous is not None and previous.credentialId != cred_id:
+        unbind(previous.credentialId, account_id, settings)
+    log.info("account %s %s (delegated=%s)", account_id, state, link.delegated)
+    return Redirect(with_query(link.redirectUrl, {"account": account_id, "state": state}))
+
+
+def _store_credential(app_id: str, cred_id: str, tid: str, oid: str, upn: str, name: Optional[str],
+                      tokens: Tokens, settings: Settings) -> None:
+    secret_name = credential_secret_name(cred_id)
+    get_secret_store(settings).set(secret_name, tokens.refresh_token or "")
+    principals.upsert_credential(Credential(
+        credentialId=cred_id, appId=app_id, tid=tid, oid=oid, upn=upn, name=name,
+        scopes=tokens.scopes, secretName=secret_name, tokenWrittenAt=utcnow(),
+    ))
+
+
+def _commit_account(account: Account) -> tuple[str, Optional[Account]]:
+    """Insert, or replace the existing row under its ETag; retried when a concurrent write wins."""
+    for _ in range(8):
+        if accounts.insert_account(account):
+            return "new", None
+        current = accounts.get_account(account.account)
+        if current is None:
+            continue
+        merged = account.model_copy(update={
+            "created": current.created,
+            "name": account.name or current.name,
+            "meta": {**current.meta, **account.meta},
+        })
+        merged.etag = current.etag
+        if accounts.replace_account(merged):
+            return "existing", current
+    raise ApiError(503, "unavailable", "the account is being changed concurrently; retry")
+
+
+def unbind(cred_id: str, account_id: str, settings: Settings) -> None:
+    """Remove one index row; delete the credential and its secret when no account uses it any more.
+
+    The credential row is deleted under its ETag, so a sign-in that rewrote it meanwhile keeps it.
+    """
+    principals.remove_account(cred_id, account_id)
+    credential = principals.get_credential(cred_id)
+    if credential is None or principals.account_ids(cred_id):
+        return
+    if principals.delete_credential_row(credential):
+        get_secret_store(settings).delete(credential.secretName)

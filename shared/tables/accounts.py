@@ -1,0 +1,70 @@
+"""Accounts: one row per account id (partition = account id). The account row is the commit point."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, ClassVar, Optional
+
+from shared.tables.client import table
+from shared.tables.records import Record, is_conflict, is_missing
+
+TABLE = "accounts"
+CONNECTED = "connected"
+AUTH_ERROR = "authenticationError"
+
+
+class Account(Record):
+    JSON_FIELDS: ClassVar[tuple[str, ...]] = ("meta",)
+    account: str
+    email: str  # the mailbox: the signer's own address, or the shared mailbox for delegated accounts
+    name: Optional[str] = None
+    delegated: bool = False
+    appId: str
+    credentialId: str
+    signerUpn: str
+    signerTid: str
+    signerOid: str
+    signerName: Optional[str] = None
+    state: str = CONNECTED
+    errorCode: Optional[str] = None
+    errorDescription: Optional[str] = None
+    errorAt: Optional[datetime] = None
+    meta: dict[str, Any] = {}
+    created: datetime
+    updated: datetime
+
+
+def get_account(account_id: str) -> Optional[Account]:
+    try:
+        return Account.from_entity(table(TABLE).get_entity(account_id, ""))
+    except Exception as exc:
+        if is_missing(exc):
+            return None
+        raise
+
+
+def insert_account(account: Account) -> bool:
+    """True when created; False when the id exists already (the caller then updates it)."""
+    try:
+        table(TABLE).create_entity(account.to_entity(account.account))
+    except Exception as exc:
+        if is_conflict(exc):
+            return False
+        raise
+    return True
+
+
+def replace_account(account: Account) -> bool:
+    """Replace the row read as ``account`` (its etag); False when someone else changed it meanwhile."""
+    from azure.core import MatchConditions
+    from azure.data.tables import UpdateMode
+
+    try:
+        table(TABLE).update_entity(account.to_entity(account.account), mode=UpdateMode.REPLACE,
+                                   etag=account.etag, match_condition=MatchConditions.IfNotModified)
+    except Exception as exc:
+        if type(exc).__name__ in ("ResourceModifiedError", "ResourceNotFoundError") or \
+                getattr(exc, "status_code", None) == 412:
+            return False
+        raise
+    return True

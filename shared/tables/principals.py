@@ -1,0 +1,83 @@
+"""The principal-to-account index, partitioned by credential.
+
+Per credential: one ``credential`` row (signer, tenant, scopes, when the refresh token was last written)
+and one ``account:<id>`` row per account it reaches. Row keys make each (credential, account) pair
+unique by construction, so writing an index row is an idempotent upsert.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import ClassVar, Optional
+
+from shared.tables.client import table
+from shared.tables.records import Record, is_missing
+
+TABLE = "principals"
+CREDENTIAL_ROW = "credential"
+ACCOUNT_PREFIX = "account:"
+
+
+class Credential(Record):
+    JSON_FIELDS: ClassVar[tuple[str, ...]] = ("scopes",)
+    credentialId: str
+    appId: str
+    tid: str
+    oid: str
+    upn: str
+    name: Optional[str] = None
+    scopes: list[str] = []
+    secretName: str
+    tokenWrittenAt: datetime
+
+
+class IndexRow(Record):
+    accountId: str
+    mailbox: str
+
+
+def upsert_credential(credential: Credential) -> None:
+    from azure.data.tables import UpdateMode
+
+    table(TABLE).upsert_entity(credential.to_entity(credential.credentialId, CREDENTIAL_ROW), mode=UpdateMode.REPLACE)
+
+
+def get_credential(credential_id: str) -> Optional[Credential]:
+    try:
+        return Credential.from_entity(table(TABLE).get_entity(credential_id, CREDENTIAL_ROW))
+    except Exception as exc:
+        if is_missing(exc):
+            return None
+        raise
+
+
+def add_account(credential_id: str, account_id: str, mailbox: str) -> None:
+    from azure.data.tables import UpdateMode
+
+    row = IndexRow(accountId=account_id, mailbox=mailbox)
+    table(TABLE).upsert_entity(row.to_entity(credential_id, ACCOUNT_PREFIX + account_id), mode=UpdateMode.REPLACE)
+
+
+def remove_account(credential_id: str, account_id: str) -> None:
+    table(TABLE).delete_entity(credential_id, ACCOUNT_PREFIX + account_id)
+
+
+def account_ids(credential_id: str) -> list[str]:
+    query = "PartitionKey eq @pk and RowKey ge @lo and RowKey lt @hi"
+    params = {"pk": credential_id, "lo": ACCOUNT_PREFIX, "hi": ACCOUNT_PREFIX[:-1] + chr(ord(ACCOUNT_PREFIX[-1]) + 1)}
+    rows = table(TABLE).query_entities(query, parameters=params, select=["accountId"])
+    return [row["accountId"] for row in rows]
+
+
+def delete_credential_row(credential: Credential) -> bool:
+    """Delete the credential row only if nobody rewrote it since ``credential`` was read."""
+    from azure.core import MatchConditions
+
+    try:
+        table(TABLE).delete_entity(credential.credentialId, CREDENTIAL_ROW, etag=credential.etag,
+                                   match_condition=MatchConditions.IfNotModified)
+    except Exception as exc:
+        if type(exc).__name__ == "ResourceModifiedError" or getattr(exc, "status_code", None) == 412:
+            return False
+        raise
+    return True
