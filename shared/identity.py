@@ -27,8 +27,22 @@ CLOCK_SKEW = 300
 TRANSIENT_ERRORS = {"temporarily_unavailable", "server_error"}
 _GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 
+class _DiscoveryCache(dict):
+    """MSAL's ``http_cache``, shared by every client of the process, minus MSAL's POST throttle entries.
+
+    MSAL keys its 5xx/429 throttle for auth-code grants without the user (its key helper returns None
+    for the missing refresh_token instead of falling back to the code), so a shared cache would let one
+    failed redemption stall every sign-in of the app for Retry-After seconds. Discovery GETs are kept.
+    """
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        if isinstance(key, str) and key.startswith("POST "):
+            return
+        super().__setitem__(key, value)
+
+
 _lock = threading.Lock()
-_http_cache: dict[Any, Any] = {}
+_http_cache: dict[Any, Any] = _DiscoveryCache()
 _sessions: dict[Optional[str], "requests.Session"] = {}
 
 
@@ -73,7 +87,12 @@ def authority_url(app: "OAuthApp", settings: Settings) -> str:
 
 
 def _client(app: "OAuthApp", client_secret: str, settings: Settings) -> "msal.ConfidentialClientApplication":
+    import warnings
+
     import msal
+
+    # MSAL nudges towards response_mode=form_post on every flow; query mode is what the flow contract uses.
+    warnings.filterwarnings("ignore", message=".*response_mode.*", category=UserWarning, module="msal")
 
     try:
         return msal.ConfidentialClientApplication(
@@ -95,9 +114,9 @@ def _client(app: "OAuthApp", client_secret: str, settings: Settings) -> "msal.Co
 
 
 def _is_network(exc: BaseException) -> bool:
-    return any(cls.__module__.startswith(("requests", "urllib3")) for cls in type(exc).__mro__) or isinstance(
-        exc, (ConnectionError, TimeoutError)
-    )
+    """Network failures, and MSAL's ``MsalServiceError`` which it raises (not returns) on 5xx/429."""
+    return any(cls.__module__.startswith(("requests", "urllib3")) or cls.__name__ == "MsalServiceError"
+               for cls in type(exc).__mro__) or isinstance(exc, (ConnectionError, TimeoutError))
 
 
 def start_flow(app: "OAuthApp", client_secret: str, settings: Settings, scopes: list[str], *,
@@ -121,11 +140,11 @@ def redeem_code(app: "OAuthApp", client_secret: str, settings: Settings, flow: d
     client = _client(app, client_secret, settings)
     try:
         result = client.acquire_token_by_auth_code_flow(flow, auth_response)
-    except ValueError as exc:  # state mismatch or an unparseable answer
-        raise IdentityError("invalid_request", "the sign-in response did not match the sign-in request") from exc
     except Exception as exc:
         if _is_network(exc):
             raise IdentityUnavailable("the sign-in service could not be reached") from exc
+        if isinstance(exc, (ValueError, RuntimeError)):  # MSAL: state (ValueError) or nonce (RuntimeError) mismatch
+            raise IdentityError("invalid_request", "the sign-in response did not match the sign-in request") from exc
         raise
     tokens = _tokens(result)
     validate_claims(tokens.claims, app, settings)

@@ -21,7 +21,7 @@ LOCAL_SETTINGS_FILE = PROJECT_ROOT / "local.settings.json"
 
 # Environment variables that only exist inside Azure App Service / Functions. Their presence means the
 # code runs in Azure, where local-only conveniences (local secret store, sandbox) must refuse to start.
-AZURE_MARKERS = ("WEBSITE_INSTANCE_ID", "WEBSITE_SITE_NAME", "CONTAINER_NAME")
+AZURE_MARKERS = ("WEBSITE_INSTANCE_ID", "WEBSITE_SITE_NAME")
 
 
 class SettingsError(RuntimeError):

@@ -14,7 +14,7 @@ from shared.tables.client import reset_clients
 from tools.azurite import Azurite, start_azurite
 
 # Settings a developer's shell or local.settings.json might carry must not leak into tests.
-_OURS = ("MC_", "AZURE_CLIENT_ID", "WEBSITE_INSTANCE_ID", "WEBSITE_SITE_NAME", "CONTAINER_NAME")
+_OURS = ("MC_", "AZURE_CLIENT_ID", "WEBSITE_INSTANCE_ID", "WEBSITE_SITE_NAME")
 
 
 @pytest.fixture(scope="session")
@@ -52,8 +52,11 @@ def env(monkeypatch: pytest.MonkeyPatch, azurite: Azurite, table_prefix: str, tm
 
 
 def _reset() -> None:
+    from shared.secrets.factory import reset_secret_store
+
     get_settings.cache_clear()
     reset_clients()
+    reset_secret_store()
 
 
 @pytest.fixture
@@ -67,3 +70,32 @@ def set_env(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]):
         _reset()
 
     return apply
+
+
+# --- the service over real HTTP, with a fake Microsoft ---------------------------------------------
+
+@pytest.fixture
+def identity():
+    from tests.fakes.identity import FakeIdentity
+
+    fake = FakeIdentity().start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture
+def service(env, set_env, identity):
+    """The function app on the local host, configured against Azurite and the fake identity platform."""
+    from tests.service import Service
+    from tools.azurite import free_port
+    from tools.localhost import load_function_app, serve
+
+    port = free_port()
+    set_env(MC_PUBLIC_URL=f"http://localhost:{port}", MC_AUTHORITY_HOST=identity.host,
+            MC_CA_BUNDLE=identity.ca_bundle)
+    server = serve(load_function_app(), "127.0.0.1", port)
+    server.start()
+    try:
+        yield Service.create(f"http://localhost:{port}", identity)
+    finally:
+        server.stop()

@@ -10,6 +10,14 @@ from shared.settings import Settings, SettingsError, get_settings
 if TYPE_CHECKING:  # pragma: no cover
     from azure.data.tables import TableClient, TableServiceClient
 
+# The Azure SDK for Tables does not understand this shorthand (Core Tools and Storage Explorer do): it means
+# Azurite's Table endpoint with Azurite's public, documented development account key.
+DEVELOPMENT_STORAGE = (
+    "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
+    "AccountKey=Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==;"
+    "TableEndpoint=http://127.0.0.1:10002/devstoreaccount1;"
+)
+
 _lock = threading.Lock()
 _services: dict[tuple, "TableServiceClient"] = {}
 _ensured: set[tuple] = set()
@@ -32,7 +40,10 @@ def _build_service(settings: Settings) -> "TableServiceClient":
     if settings.ca_bundle:
         kwargs["connection_verify"] = settings.ca_bundle
     if settings.tables_connection_string:
-        return TableServiceClient.from_connection_string(settings.tables_connection_string, **kwargs)
+        conn = settings.tables_connection_string
+        if conn.strip().rstrip(";").lower() == "usedevelopmentstorage=true":
+            conn = DEVELOPMENT_STORAGE
+        return TableServiceClient.from_connection_string(conn, **kwargs)
     if settings.tables_endpoint:
         from shared.azure_credential import get_azure_credential
 
