@@ -2,8 +2,8 @@
 
 import azure.functions as func
 
-from shared.blueprints import forms, hosted
+from shared.blueprints import accounts, apitokens, apps, forms, hosted, openapi, tokens
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.ANONYMOUS)
-app.register_functions(forms.bp)
-app.register_functions(hosted.bp)
+for blueprint in (forms.bp, hosted.bp, accounts.bp, tokens.bp, apps.bp, apitokens.bp, openapi.bp):
+    app.register_functions(blueprint)
