@@ -84,7 +84,24 @@ def identity():
 
 
 @pytest.fixture
-def service(env, set_env, identity):
+def service_env() -> dict[str, str | None]:
+    """Extra settings for ``service``; a test module overrides this fixture (e.g. to use Key Vault)."""
+    return {}
+
+
+@pytest.fixture
+def keyvault(monkeypatch):
+    """The Key Vault fake, and the process's Azure credential replaced by a fake one."""
+    from tests.fakes.keyvault import FakeCredential, FakeKeyVault
+
+    vault = FakeKeyVault().start()
+    monkeypatch.setattr("shared.azure_credential.get_azure_credential", lambda settings: FakeCredential())
+    yield vault
+    vault.stop()
+
+
+@pytest.fixture
+def service(env, set_env, identity, service_env):
     """The function app on the local host, configured against Azurite and the fake identity platform."""
     from tests.service import Service
     from tools.azurite import free_port
@@ -92,7 +109,7 @@ def service(env, set_env, identity):
 
     port = free_port()
     set_env(MC_PUBLIC_URL=f"http://localhost:{port}", MC_AUTHORITY_HOST=identity.host,
-            MC_CA_BUNDLE=identity.ca_bundle)
+            MC_CA_BUNDLE=identity.ca_bundle, **service_env)
     server = serve(load_function_app(), "127.0.0.1", port)
     server.start()
     try:
