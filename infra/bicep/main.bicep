@@ -1,0 +1,182 @@
+// Mailbox Connect: everything `azd up` creates, in one resource group.
+//
+// Secure by default:
+//   - one user-assigned managed identity for everything the app touches (storage, Key Vault, App Insights);
+//   - no shared keys anywhere: the storage account refuses them, App Insights refuses local auth,
+//     Key Vault uses Azure RBAC; there is no listKeys() and no secret in any app setting or output;
+//   - the link-signing key (Key Vault secret `mc-signing-key`) is NOT created here: the postprovision hook
+//     creates it once, on the admin's machine, so its value never passes through a template parameter,
+//     the deployment history or an output (see docs/deploy.md).
+targetScope = 'subscription'
+
+@minLength(1)
+@maxLength(64)
+@description('Name of the azd environment; it seeds the unique names of all resources.')
+param environmentName string
+
+@minLength(1)
+@description('Region of every resource. It must offer the Flex Consumption plan (az functionapp list-flexconsumption-locations).')
+@metadata({
+  azd: {
+    type: 'location'
+  }
+})
+param location string
+
+@description('Object id of the admin who runs azd (AZURE_PRINCIPAL_ID). It gets the data-plane roles the admin CLI needs. Empty: none.')
+param principalId string = ''
+
+@description('Kind of principal in principalId (AZURE_PRINCIPAL_TYPE): User for a person, ServicePrincipal for a pipeline.')
+@allowed([
+  'User'
+  'ServicePrincipal'
+  'Group'
+])
+param principalType string = 'User'
+
+@description('Public base URL when a custom domain fronts the app (MC_CUSTOM_PUBLIC_URL). Empty: https://<default host name>.')
+param customPublicUrl string = ''
+
+@description('Comma-separated origins that redirectUrl must match (MC_REDIRECT_ALLOWLIST). Empty: any https origin.')
+param redirectAllowlist string = ''
+
+@description('Prefix of every table name (MC_TABLE_PREFIX): letters and digits, starting with a letter, or empty.')
+@maxLength(21)
+param tablePrefix string = ''
+
+@description('Default lifetime of a sign-in link, in seconds (MC_LINK_TTL_SECONDS).')
+@minValue(60)
+param linkTtlSeconds int = 86400
+
+@description('Longest lifetime a caller may ask for a sign-in link, in seconds (MC_LINK_MAX_TTL_SECONDS).')
+@minValue(60)
+param linkMaxTtlSeconds int = 604800
+
+@description('Lifetime of a pending sign-in (the OAuth flow state), in seconds (MC_FLOW_TTL_SECONDS).')
+@minValue(60)
+param flowTtlSeconds int = 900
+
+@description('Most instances the Flex Consumption plan may scale out to.')
+@minValue(1)
+@maxValue(1000)
+param maximumInstanceCount int = 100
+
+@description('Memory of each instance, in MB.')
+@allowed([
+  512
+  2048
+  4096
+])
+param instanceMemoryMB int = 2048
+
+var resourceToken = toLower(uniqueString(subscription().id, environmentName, location))
+var tags = {
+  'azd-env-name': environmentName
+}
+
+resource rg 'Microsoft.Resources/resourceGroups@2024-03-01' = {
+  name: 'rg-${environmentName}'
+  location: location
+  tags: tags
+}
+
+module identity 'modules/identity.bicep' = {
+  name: 'identity'
+  scope: rg
+  params: {
+    name: 'id-${resourceToken}'
+    location: location
+    tags: tags
+  }
+}
+
+module monitoring 'modules/monitoring.bicep' = {
+  name: 'monitoring'
+  scope: rg
+  params: {
+    logAnalyticsName: 'log-${resourceToken}'
+    appInsightsName: 'appi-${resourceToken}'
+    location: location
+    tags: tags
+  }
+}
+
+module storage 'modules/storage.bicep' = {
+  name: 'storage'
+  scope: rg
+  params: {
+    name: 'st${resourceToken}'
+    location: location
+    tags: tags
+    tablePrefix: tablePrefix
+  }
+}
+
+module keyVault 'modules/keyvault.bicep' = {
+  name: 'keyvault'
+  scope: rg
+  params: {
+    name: 'kv-${resourceToken}'
+    location: location
+    tags: tags
+    logAnalyticsWorkspaceId: monitoring.outputs.logAnalyticsWorkspaceId
+  }
+}
+
+module roles 'modules/role-assignments.bicep' = {
+  name: 'role-assignments'
+  scope: rg
+  params: {
+    storageAccountName: storage.outputs.name
+    keyVaultName: keyVault.outputs.name
+    appInsightsName: monitoring.outputs.appInsightsName
+    identityPrincipalId: identity.outputs.principalId
+    adminPrincipalId: principalId
+    adminPrincipalType: principalType
+  }
+}
+
+module functionApp 'modules/function-app.bicep' = {
+  name: 'function-app'
+  scope: rg
+  params: {
+    name: 'func-${resourceToken}'
+    planName: 'plan-${resourceToken}'
+    location: location
+    tags: tags
+    serviceName: 'api'
+    identityId: identity.outputs.id
+    identityClientId: identity.outputs.clientId
+    storageAccountName: storage.outputs.name
+    deploymentContainerName: storage.outputs.deploymentContainerName
+    appInsightsName: monitoring.outputs.appInsightsName
+    keyVaultUrl: keyVault.outputs.uri
+    customPublicUrl: customPublicUrl
+    redirectAllowlist: redirectAllowlist
+    tablePrefix: tablePrefix
+    linkTtlSeconds: linkTtlSeconds
+    linkMaxTtlSeconds: linkMaxTtlSeconds
+    flowTtlSeconds: flowTtlSeconds
+    maximumInstanceCount: maximumInstanceCount
+    instanceMemoryMB: instanceMemoryMB
+  }
+  // The app should not start before its identity can reach storage, Key Vault and App Insights.
+  dependsOn: [
+    roles
+  ]
+}
+
+// Saved by azd into .azure/<env>/.env and handed to the hooks. Names and URLs only: no key, no secret.
+output AZURE_LOCATION string = location
+output AZURE_TENANT_ID string = tenant().tenantId
+output AZURE_RESOURCE_GROUP string = rg.name
+output AZURE_FUNCTION_APP_NAME string = functionApp.outputs.name
+output AZURE_KEY_VAULT_NAME string = keyVault.outputs.name
+output AZURE_STORAGE_ACCOUNT_NAME string = storage.outputs.name
+output SERVICE_API_NAME string = functionApp.outputs.name
+output SERVICE_API_URI string = functionApp.outputs.publicUrl
+output MC_PUBLIC_URL string = functionApp.outputs.publicUrl
+output MC_OAUTH_REDIRECT_URI string = '${functionApp.outputs.publicUrl}/oauth'
+output MC_TABLES_ENDPOINT string = storage.outputs.tableEndpoint
+output MC_KEY_VAULT_URL string = keyVault.outputs.uri
+output MC_TABLE_PREFIX string = tablePrefix

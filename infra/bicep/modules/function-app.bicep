@@ -1,0 +1,144 @@
+// The Flex Consumption (FC1) Linux function app, Python 3.11, deployed by azd from a blob container and
+// running as the user-assigned managed identity. Every connection is identity-based: the app settings
+// below carry names, URLs and the identity's client id, never a key or a secret.
+param name string
+param planName string
+param location string
+param tags object
+
+@description('azd service name (azure.yaml); azd finds the app by its azd-service-name tag.')
+param serviceName string = 'api'
+
+param identityId string
+param identityClientId string
+param storageAccountName string
+param deploymentContainerName string
+param appInsightsName string
+param keyVaultUrl string
+param customPublicUrl string = ''
+param redirectAllowlist string = ''
+param tablePrefix string = ''
+param linkTtlSeconds int
+param linkMaxTtlSeconds int
+param flowTtlSeconds int
+param maximumInstanceCount int = 100
+param instanceMemoryMB int = 2048
+
+resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
+  name: storageAccountName
+}
+
+resource appInsights 'Microsoft.Insights/components@2020-02-02' existing = {
+  name: appInsightsName
+}
+
+resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
+  name: planName
+  location: location
+  tags: tags
+  kind: 'functionapp'
+  sku: {
+    tier: 'FlexConsumption'
+    name: 'FC1'
+  }
+  properties: {
+    reserved: true
+  }
+}
+
+resource site 'Microsoft.Web/sites@2024-04-01' = {
+  name: name
+  location: location
+  tags: union(tags, {
+    'azd-service-name': serviceName
+  })
+  kind: 'functionapp,linux'
+  identity: {
+    type: 'UserAssigned'
+    userAssignedIdentities: {
+      '${identityId}': {}
+    }
+  }
+  properties: {
+    serverFarmId: plan.id
+    httpsOnly: true
+    clientCertEnabled: false
+    publicNetworkAccess: 'Enabled'
+    keyVaultReferenceIdentity: identityId
+    siteConfig: {
+      minTlsVersion: '1.2'
+      scmMinTlsVersion: '1.2'
+      ftpsState: 'Disabled'
+      http20Enabled: true
+    }
+    functionAppConfig: {
+      deployment: {
+        storage: {
+          type: 'blobContainer'
+          value: '${storage.properties.primaryEndpoints.blob}${deploymentContainerName}'
+          authentication: {
+            type: 'UserAssignedIdentity'
+            userAssignedIdentityResourceId: identityId
+          }
+        }
+      }
+      scaleAndConcurrency: {
+        maximumInstanceCount: maximumInstanceCount
+        instanceMemoryMB: instanceMemoryMB
+      }
+      runtime: {
+        name: 'python'
+        version: '3.11'
+      }
+    }
+  }
+}
+
+var publicUrl = empty(customPublicUrl) ? 'https://${site.properties.defaultHostName}' : customPublicUrl
+
+// Flex Consumption sets the runtime from functionAppConfig, so FUNCTIONS_WORKER_RUNTIME,
+// FUNCTIONS_EXTENSION_VERSION and WEBSITE_RUN_FROM_PACKAGE must not be set (the platform rejects them).
+resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
+  parent: site
+  name: 'appsettings'
+  properties: {
+    // The Functions host's storage, identity-based (no AzureWebJobsStorage connection string).
+    AzureWebJobsStorage__accountName: storage.name
+    AzureWebJobsStorage__credential: 'managedidentity'
+    AzureWebJobsStorage__clientId: identityClientId
+    // Telemetry: the connection string only names the App Insights resource (it is not a credential
+    // and, with local auth disabled, cannot ingest on its own); ingestion uses the identity's token.
+    APPLICATIONINSIGHTS_CONNECTION_STRING: appInsights.properties.ConnectionString
+    APPLICATIONINSIGHTS_AUTHENTICATION_STRING: 'ClientId=${identityClientId};Authorization=AAD'
+    // The service's settings (shared/settings.py).
+    AZURE_CLIENT_ID: identityClientId
+    MC_PUBLIC_URL: publicUrl
+    MC_TABLES_ENDPOINT: storage.properties.primaryEndpoints.table
+    MC_TABLE_PREFIX: tablePrefix
+    MC_KEY_VAULT_URL: keyVaultUrl
+    MC_REDIRECT_ALLOWLIST: redirectAllowlist
+    MC_LINK_TTL_SECONDS: string(linkTtlSeconds)
+    MC_LINK_MAX_TTL_SECONDS: string(linkMaxTtlSeconds)
+    MC_FLOW_TTL_SECONDS: string(flowTtlSeconds)
+  }
+}
+
+// Basic-auth publishing (FTP and the SCM site's user/password) is off: azd deploys with an Entra token.
+resource ftpBasicAuth 'Microsoft.Web/sites/basicPublishingCredentialsPolicies@2024-04-01' = {
+  parent: site
+  name: 'ftp'
+  properties: {
+    allow: false
+  }
+}
+
+resource scmBasicAuth 'Microsoft.Web/sites/basicPublishingCredentialsPolicies@2024-04-01' = {
+  parent: site
+  name: 'scm'
+  properties: {
+    allow: false
+  }
+}
+
+output name string = site.name
+output publicUrl string = publicUrl

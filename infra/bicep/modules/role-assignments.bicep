@@ -1,0 +1,102 @@
+// Data-plane roles. The service's managed identity gets exactly what the app and the Functions host need;
+// the admin who runs azd (AZURE_PRINCIPAL_ID) gets what the admin CLI (`python -m shared.cli`) and the
+// postprovision hook need: write API-token hashes and OAuth apps to the tables, and write Key Vault secrets
+// (OAuth client secrets, the link-signing key). Nobody gets a storage key: shared-key access is off.
+param storageAccountName string
+param keyVaultName string
+param appInsightsName string
+param identityPrincipalId string
+param adminPrincipalId string = ''
+@allowed([
+  'User'
+  'ServicePrincipal'
+  'Group'
+])
+param adminPrincipalType string = 'User'
+
+// Built-in role definition ids (the same in every Azure cloud).
+var storageBlobDataOwner = 'b7e6dc6d-f1e8-4753-8033-0f276bb0955b'
+var storageTableDataContributor = '0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3'
+var keyVaultSecretsOfficer = 'b86a8fe4-44ce-4948-aee5-eccb2c155cd7'
+var monitoringMetricsPublisher = '3913510d-42f4-4e42-8a64-420c390055eb'
+
+// No queue role: the service has HTTP triggers only and uses no queue (add Storage Queue Data
+// Contributor, 974c5e8b-45b9-4653-ba55-5f855dd0fb88, together with the first queue trigger).
+
+resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
+  name: storageAccountName
+}
+
+resource vault 'Microsoft.KeyVault/vaults@2023-07-01' existing = {
+  name: keyVaultName
+}
+
+resource appInsights 'Microsoft.Insights/components@2020-02-02' existing = {
+  name: appInsightsName
+}
+
+// The app identity: the host's storage (blobs: host keys, leases, the deployment package) ...
+resource appBlobOwner 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(storage.id, identityPrincipalId, storageBlobDataOwner)
+  scope: storage
+  properties: {
+    principalId: identityPrincipalId
+    principalType: 'ServicePrincipal'
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', storageBlobDataOwner)
+  }
+}
+
+// ... the service's tables (accounts, principals, flows, links, apps, apitokens) ...
+resource appTables 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(storage.id, identityPrincipalId, storageTableDataContributor)
+  scope: storage
+  properties: {
+    principalId: identityPrincipalId
+    principalType: 'ServicePrincipal'
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', storageTableDataContributor)
+  }
+}
+
+// ... Key Vault secrets: it reads client secrets and the signing key, and writes refresh tokens ...
+resource appSecrets 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(vault.id, identityPrincipalId, keyVaultSecretsOfficer)
+  scope: vault
+  properties: {
+    principalId: identityPrincipalId
+    principalType: 'ServicePrincipal'
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', keyVaultSecretsOfficer)
+  }
+}
+
+// ... and telemetry into Application Insights, which accepts Entra-authenticated ingestion only.
+resource appTelemetry 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(appInsights.id, identityPrincipalId, monitoringMetricsPublisher)
+  scope: appInsights
+  properties: {
+    principalId: identityPrincipalId
+    principalType: 'ServicePrincipal'
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', monitoringMetricsPublisher)
+  }
+}
+
+// The admin: the admin CLI writes API-token hashes and OAuth apps (tables) and client secrets (Key Vault);
+// the postprovision hook writes the signing key.
+resource adminTables 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty(adminPrincipalId)) {
+  name: guid(storage.id, adminPrincipalId, storageTableDataContributor)
+  scope: storage
+  properties: {
+    principalId: adminPrincipalId
+    principalType: adminPrincipalType
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', storageTableDataContributor)
+  }
+}
+
+resource adminSecrets 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty(adminPrincipalId)) {
+  name: guid(vault.id, adminPrincipalId, keyVaultSecretsOfficer)
+  scope: vault
+  properties: {
+    principalId: adminPrincipalId
+    principalType: adminPrincipalType
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', keyVaultSecretsOfficer)
+  }
+}
