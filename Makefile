@@ -4,6 +4,8 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
+# Infrastructure checkers (checkov, pycep) pin many packages: they live in their own venv.
+IAC_VENV := .venv-iac
 
 .PHONY: run test deps clean
 
@@ -17,7 +19,14 @@ node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund --ignore-scripts
 	touch $@
 
-deps: $(VENV)/.installed node_modules/.installed
+$(IAC_VENV)/.installed: requirements-iac.txt
+	rm -rf $(IAC_VENV)
+	$(PYTHON) -m venv $(IAC_VENV)
+	$(IAC_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(IAC_VENV)/bin/python -m pip install --quiet -r requirements-iac.txt
+	touch $@
+
+deps: $(VENV)/.installed node_modules/.installed $(IAC_VENV)/.installed
 
 run: deps
 	$(PY) -m tools.run_local
@@ -26,4 +35,4 @@ test: deps
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) node_modules .pytest_cache test-output
+	rm -rf $(VENV) $(IAC_VENV) node_modules .pytest_cache test-output

@@ -39,6 +39,10 @@ def _build_service(settings: Settings) -> "TableServiceClient":
     kwargs: dict[str, Any] = {"retry_total": 3, "connection_timeout": 5, "read_timeout": 15}
     if settings.ca_bundle:
         kwargs["connection_verify"] = settings.ca_bundle
+    if settings.tables_connection_string and settings.tables_endpoint:
+        # local.settings.json may carry Azurite's connection string while an admin exports the Azure
+        # endpoint: refuse rather than silently write to the wrong storage.
+        raise SettingsError("set either MC_TABLES_CONNECTION_STRING or MC_TABLES_ENDPOINT, not both")
     if settings.tables_connection_string:
         conn = settings.tables_connection_string
         if conn.strip().rstrip(";").lower() == "usedevelopmentstorage=true":
