@@ -68,3 +68,54 @@ def replace_account(account: Account) -> bool:
             return False
         raise
     return True
+
+
+# --- management API: paged queries and deletion ---------------------------------------------------------
+
+def query_page(filter: Optional[str], parameters: dict[str, Any], page_size: int,
+               continuation: Optional[dict[str, Any]]) -> tuple[list[Account], Optional[dict[str, Any]]]:
+    """One service page (at most ``page_size`` rows, maybe fewer or none) and the continuation of the next.
+
+    Rows come in account-id order (the partition key). A row that no longer parses is skipped and logged,
+    so one bad row cannot break a listing.
+    """
+    import logging
+
+    client = table(TABLE)
+    if filter:
+        pager = client.query_entities(filter, parameters=parameters, results_per_page=page_size)
+    else:
+        pager = client.list_entities(results_per_page=page_size)
+    pages = pager.by_page(continuation_token=continuation)
+    rows: list[Account] = []
+    for entity in next(pages, []):
+        try:
+            rows.append(Account.from_entity(entity))
+        except ValueError:
+            logging.getLogger("mailbox_connect.tables").warning("account row %r does not parse; skipped",
+                                                                entity.get("PartitionKey"))
+    return rows, pages.continuation_token or None
+
+
+def first_account_of_app(app_id: str) -> Optional[str]:
+    """The id of one account that uses the app, or None (a filtered scan; fine for rare admin calls)."""
+    rows = table(TABLE).query_entities("appId eq @app", parameters={"app": app_id}, select=["account"],
+                                       results_per_page=1)
+    for row in rows:
+        return str(row.get("account") or "")
+    return None
+
+
+def delete_account(account: Account) -> bool:
+    """Delete the row read as ``account`` (its etag); False when it changed or went away meanwhile."""
+    from azure.core import MatchConditions
+
+    try:
+        table(TABLE).delete_entity(account.account, "", etag=account.etag,
+                                   match_condition=MatchConditions.IfNotModified)
+    except Exception as exc:
+        if type(exc).__name__ in ("ResourceModifiedError", "ResourceNotFoundError") or \
+                getattr(exc, "status_code", None) == 412:
+            return False
+        raise
+    return True

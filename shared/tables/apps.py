@@ -86,3 +86,21 @@ def clear_cache() -> None:
         _cache.clear()
 
 
+# --- management API ---------------------------------------------------------------------------------------
+
+def replace_app(app: OAuthApp) -> bool:
+    """Replace the row read as ``app`` (its etag); False when someone else changed or deleted it meanwhile."""
+    from azure.core import MatchConditions
+    from azure.data.tables import UpdateMode
+
+    try:
+        table(TABLE).update_entity(app.to_entity(PARTITION, app.id), mode=UpdateMode.REPLACE, etag=app.etag,
+                                   match_condition=MatchConditions.IfNotModified)
+    except Exception as exc:
+        if type(exc).__name__ in ("ResourceModifiedError", "ResourceNotFoundError") or \
+                getattr(exc, "status_code", None) == 412:
+            return False
+        raise
+    finally:
+        _forget(app.id)
+    return True

@@ -1,0 +1,65 @@
+"""Accounts (scope ``api``): ``GET /v1/accounts``, ``GET|PUT|DELETE /v1/account/{account}`` and
+``POST /v1/account/{account}/reauth`` (see ``shared.accounts_service``)."""
+
+import azure.functions as func
+from pydantic import ValidationError
+
+from shared import accounts_service as service
+from shared.api_models import AccountListQuery, AccountUpdate, ReauthRequest
+from shared.auth import require_token
+from shared.http import api_handler, json_response, parse_json, validation_error
+from shared.settings import get_settings
+
+bp = func.Blueprint()
+
+# Added by platforms in front of Functions (function keys); never a filter of ours.
+_IGNORED_QUERY = frozenset({"code"})
+
+
+@bp.route(route="v1/accounts", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+@api_handler
+def accounts_list(req: func.HttpRequest) -> func.HttpResponse:
+    require_token(req, "api")
+    # The Functions host joins a repeated name with "," and drops empty values; both then fail validation
+    # (or fall back to the default) rather than being half-understood.
+    params = {k: v for k, v in req.params.items() if k.lower() not in _IGNORED_QUERY}
+    try:
+        query = AccountListQuery.model_validate(params)
+    except ValidationError as exc:
+        raise validation_error(exc) from None
+    result = service.list_accounts(query, get_settings())
+    body = result.model_dump(mode="json", exclude_none=True)
+    body["nextCursor"] = result.nextCursor  # explicit null on the last page
+    return json_response(body)
+
+
+@bp.route(route="v1/account/{account}", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+@api_handler
+def accounts_get(req: func.HttpRequest) -> func.HttpResponse:
+    require_token(req, "api")
+    return json_response(service.get_account(req.route_params.get("account")))
+
+
+@bp.route(route="v1/account/{account}", methods=["PUT"], auth_level=func.AuthLevel.ANONYMOUS)
+@api_handler
+def accounts_update(req: func.HttpRequest) -> func.HttpResponse:
+    require_token(req, "api")
+    account_id = service.check_id(req.route_params.get("account"))
+    body = parse_json(req, AccountUpdate)
+    return json_response(service.update_account(account_id, body))
+
+
+@bp.route(route="v1/account/{account}", methods=["DELETE"], auth_level=func.AuthLevel.ANONYMOUS)
+@api_handler
+def accounts_delete(req: func.HttpRequest) -> func.HttpResponse:
+    require_token(req, "api")
+    return json_response(service.delete_account(req.route_params.get("account"), get_settings()))
+
+
+@bp.route(route="v1/account/{account}/reauth", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
+@api_handler
+def accounts_reauth(req: func.HttpRequest) -> func.HttpResponse:
+    require_token(req, "api")
+    account_id = service.check_id(req.route_params.get("account"))
+    body = parse_json(req, ReauthRequest)
+    return json_response(service.reauth_link(account_id, body, get_settings()))
