@@ -12,7 +12,7 @@ import json
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -45,9 +45,19 @@ class Settings(BaseModel):
     authority_host: Optional[str] = Field(None, alias="MC_AUTHORITY_HOST")
     graph_url: Optional[str] = Field(None, alias="MC_GRAPH_URL")
     ca_bundle: Optional[str] = Field(None, alias="MC_CA_BUNDLE")
+    # Mailbox access check at sign-in (shared/access_check.py): on (default) | off | strict.
+    access_check: Literal["on", "off", "strict"] = Field("on", alias="MC_ACCESS_CHECK")
+    # Tests and sandbox only: the IMAP server the access check logs in to, host[:port] (default port 993).
+    imap_host: Optional[str] = Field(None, alias="MC_IMAP_HOST",
+                                     pattern=r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:\d{1,5})?$")
     # Client id of the user-assigned managed identity (set by the Bicep template).
     azure_client_id: Optional[str] = Field(None, alias="AZURE_CLIENT_ID")
     in_azure: bool = False
+
+    @field_validator("access_check", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
 
     @field_validator("public_url")
     @classmethod

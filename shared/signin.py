@@ -3,6 +3,11 @@
 Write order in ``complete`` makes a crash harmless (DESIGN.md, invariant 4): claim the link nonce, write
 the refresh token, the index row and the credential row, then the account row (the commit point), then
 clean up the old binding. A failure before the commit releases the nonce so the same link can be retried.
+
+Before the first write, the mailbox access check (``shared.access_check``, ``MC_ACCESS_CHECK``) opens the
+mailbox with the access token just obtained; when the mailbox refuses the signer, nothing is written and
+the app gets ``error=mailbox_access_denied`` or ``mailbox_not_found``. After the commit, the other
+accounts of the same credential are flipped back to ``connected`` (the refresh token works again).
 """
 
 from __future__ import annotations
@@ -15,9 +20,10 @@ import secrets
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from shared import linkcodec
+from shared.access_check import DENIED, NOT_FOUND, OK, check_mailbox_access
 from shared.clouds import scopes_for
 from shared.errors import ApiError
 from shared.identity import IdentityError, IdentityUnavailable, Tokens, redeem_code, start_flow
@@ -31,6 +37,9 @@ from shared.tables.accounts import Account
 from shared.tables.flows import PendingFlow
 from shared.tables.principals import Credential
 from shared.tables.records import utcnow
+
+if TYPE_CHECKING:  # pragma: no cover
+    from shared.tables.apps import OAuthApp
 
 log = logging.getLogger("mailbox_connect.signin")
 COOKIE_PREFIX = "mc_signin_"
@@ -195,6 +204,8 @@ def _finish(pending: PendingFlow, link: LinkData, params: dict[str, str], settin
         raise AppError("email_mismatch", f"signed in as {upn}, but the link expects {link.expectedEmail}")
     account_id = link.account or derived_account_id(tid, mailbox)
     cred_id = credential_id(app.id, tid, oid)
+    # Before any write: a refused mailbox leaves nothing behind and the link stays usable.
+    access = _check_access(app, tokens, mailbox, upn, link.delegated, account_id, settings)
 
     if not links.claim(link.nonce, account_id, datetime.fromtimestamp(link.exp, timezone.utc)):
         raise AppError("link_used", "this sign-in link was already used")
@@ -205,7 +216,7 @@ def _finish(pending: PendingFlow, link: LinkData, params: dict[str, str], settin
         state, previous = _commit_account(Account(
             account=account_id, email=mailbox, name=link.name or claims.get("name"), delegated=link.delegated,
             appId=app.id, credentialId=cred_id, signerUpn=upn, signerTid=tid, signerOid=oid,
-            signerName=claims.get("name"), meta=link.meta, created=now, updated=now,
+            signerName=claims.get("name"), meta={**link.meta, "accessCheck": access}, created=now, updated=now,
         ))
     except SecretStoreUnavailable:
         links.release(link.nonce)
@@ -215,8 +226,60 @@ def _finish(pending: PendingFlow, link: LinkData, params: dict[str, str], settin
         raise
     if previous is not None and previous.credentialId != cred_id:
         unbind(previous.credentialId, account_id, settings)
-    log.info("account %s %s (delegated=%s)", account_id, state, link.delegated)
+    _mark_connected(cred_id)
+    log.info("account %s %s (delegated=%s, access check %s)", account_id, state, link.delegated, access)
     return Redirect(with_query(link.redirectUrl, {"account": account_id, "state": state}))
+
+
+def _check_access(app: "OAuthApp", tokens: Tokens, mailbox: str, upn: str, delegated: bool, account_id: str,
+                  settings: Settings) -> str:
+    """Run the mailbox access check per ``MC_ACCESS_CHECK``; raise AppError when the sign-in must stop.
+
+    Returns the mark kept on the account as ``meta.accessCheck``: ``ok``, ``skipped`` (could not run) or ``off``.
+    """
+    mode = settings.access_check
+    if mode == "off":
+        return "off"
+    result = check_mailbox_access(app, tokens.access_token, mailbox, upn, settings, delegated=delegated)
+    if result.outcome == OK:
+        return "ok"
+    if result.outcome in (DENIED, NOT_FOUND):
+        log.info("account %s: mailbox access check refused the sign-in: %s (%s)", account_id, result.outcome,
+                 result.detail)
+        raise AppError(*_refusal(result.outcome, result.method, mailbox, upn, delegated))
+    log.warning("account %s: the mailbox access check could not run over %s: %s; %s", account_id, result.method,
+                result.detail, "sign-in refused (MC_ACCESS_CHECK=strict)" if mode == "strict"
+                else "account stored unchecked (meta.accessCheck=skipped)")
+    if mode == "strict":
+        raise AppError("temporarily_unavailable",
+                       f"access to the mailbox {mailbox} could not be checked right now; try the link again")
+    return "skipped"
+
+
+def _refusal(outcome: str, method: str, mailbox: str, upn: str, delegated: bool) -> tuple[str, str]:
+    """The error code and a description for the app that names the mailbox, the signer and what to do."""
+    ask = (f"ask your administrator to give {upn} Full Access to the mailbox {mailbox}, then use the link again"
+           if delegated else "ask your administrator to check that this user has an Exchange Online mailbox"
+           + (" with IMAP enabled" if method == "imap" else ""))
+    if outcome == NOT_FOUND:
+        what = (f"the mailbox {mailbox} does not exist or is not enabled for Microsoft Graph (signed in as {upn})"
+                if delegated else f"{upn} has no mailbox that Microsoft Graph can open")
+        return "mailbox_not_found", f"{what}; {ask}"
+    if method == "imap":
+        what = (f"{upn} cannot open the mailbox {mailbox}: its IMAP login was refused (no Full Access "
+                "permission, no such mailbox, or IMAP disabled for it)" if delegated
+                else f"the IMAP login of {upn} to the mailbox {mailbox} was refused")
+    else:
+        what = (f"{upn} has no permission to open the mailbox {mailbox}" if delegated
+                else f"Microsoft Graph refused {upn} access to the mailbox {mailbox}")
+    return "mailbox_access_denied", f"{what}; {ask}"
+
+
+def _mark_connected(cred_id: str) -> None:
+    """Best effort: accounts of this credential marked ``authenticationError`` work again (never raises)."""
+    from shared.tokens import mark_connected
+
+    mark_connected(cred_id)
 
 
 def _store_credential(app_id: str, cred_id: str, tid: str, oid: str, upn: str, name: Optional[str],

@@ -101,15 +101,46 @@ def keyvault(monkeypatch):
 
 
 @pytest.fixture
-def service(env, set_env, identity, service_env):
-    """The function app on the local host, configured against Azurite and the fake identity platform."""
+def mailboxes():
+    """Exchange's mailbox permissions, shared by the IMAP and Graph fakes. Open to everyone by default (tests
+    that are not about permissions connect any mailbox); set ``open_all = False`` and ``grant`` to test them."""
+    from tests.fakes.graph import Mailboxes
+
+    return Mailboxes(open_all=True)
+
+
+@pytest.fixture
+def imap(identity, mailboxes):
+    """Fake Exchange IMAP for the sign-in's mailbox access check (``service`` points MC_IMAP_HOST at it)."""
+    from tests.fakes.imap import FakeImap
+
+    fake = FakeImap(identity, mailboxes).start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture
+def graph(identity, mailboxes):
+    """Fake Graph mail folders; a test that wants it sets ``MC_GRAPH_URL=graph.url`` (``service`` does not,
+    because MC_GRAPH_URL also changes the Graph base URL the token hand-off reports)."""
+    from tests.fakes.graph import FakeGraph
+
+    fake = FakeGraph(identity, mailboxes).start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture
+def service(env, set_env, identity, imap, service_env):
+    """The function app on the local host, configured against Azurite, the fake identity platform and the
+    fake IMAP server (the mailbox access check of imap apps logs in there)."""
     from tests.service import Service
     from tools.azurite import free_port
     from tools.localhost import load_function_app, serve
 
     port = free_port()
     set_env(MC_PUBLIC_URL=f"http://localhost:{port}", MC_AUTHORITY_HOST=identity.host,
-            MC_CA_BUNDLE=identity.ca_bundle, **service_env)
+            MC_CA_BUNDLE=identity.ca_bundle, MC_IMAP_HOST=imap.address, **service_env)
     server = serve(load_function_app(), "127.0.0.1", port)
     server.start()
     try:

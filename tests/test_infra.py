@@ -53,6 +53,7 @@ LOCAL_ONLY_SETTINGS = {
     "MC_SIGNING_KEY": "in Azure the signing key is Key Vault secret mc-signing-key (the code refuses it)",
     "MC_AUTHORITY_HOST": "override of the Microsoft sign-in host for tests and the sandbox only",
     "MC_GRAPH_URL": "override of the Graph URL for tests and the sandbox only",
+    "MC_IMAP_HOST": "override of the IMAP host of the sign-in's mailbox access check, tests and the sandbox only",
     "MC_CA_BUNDLE": "extra CA bundle for the local fakes only",
 }
 # Settings model fields that are not read from a setting (computed by load_settings).
