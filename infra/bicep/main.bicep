@@ -56,6 +56,14 @@ param linkMaxTtlSeconds int = 604800
 @minValue(60)
 param flowTtlSeconds int = 900
 
+@description('Mailbox access check at sign-in (MC_ACCESS_CHECK): on (a check that cannot run does not block), strict (it blocks), off (e.g. outbound IMAP is firewalled).')
+@allowed([
+  'on'
+  'strict'
+  'off'
+])
+param accessCheck string = 'on'
+
 @description('Most instances the Flex Consumption plan may scale out to.')
 @minValue(1)
 @maxValue(1000)
@@ -157,6 +165,7 @@ module functionApp 'modules/function-app.bicep' = {
     linkTtlSeconds: linkTtlSeconds
     linkMaxTtlSeconds: linkMaxTtlSeconds
     flowTtlSeconds: flowTtlSeconds
+    accessCheck: accessCheck
     maximumInstanceCount: maximumInstanceCount
     instanceMemoryMB: instanceMemoryMB
   }

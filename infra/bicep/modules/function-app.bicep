@@ -21,6 +21,12 @@ param tablePrefix string = ''
 param linkTtlSeconds int
 param linkMaxTtlSeconds int
 param flowTtlSeconds int
+@allowed([
+  'on'
+  'strict'
+  'off'
+])
+param accessCheck string = 'on'
 param maximumInstanceCount int = 100
 param instanceMemoryMB int = 2048
 
@@ -120,6 +126,7 @@ resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
     MC_LINK_TTL_SECONDS: string(linkTtlSeconds)
     MC_LINK_MAX_TTL_SECONDS: string(linkMaxTtlSeconds)
     MC_FLOW_TTL_SECONDS: string(flowTtlSeconds)
+    MC_ACCESS_CHECK: accessCheck
   }
 }
 
