@@ -6,8 +6,7 @@ Listing
     the service did not issue is a clear 400 instead of a storage error; cursors survive restarts but not
     a signing-key rotation. A page may hold fewer than ``pageSize`` accounts while ``nextCursor`` is set
     (a filtered query can return short pages); only ``nextCursor: null`` means the end. Filters: ``state``
-    and ``email`` (the mailbox, compared case-insensitively through the row's ``emailLower`` when the row
-    has it, else exactly as given or lower-cased).
+    and ``email`` (the mailbox, compared case-insensitively through the row's ``emailLower``).
 
 Deleting (DESIGN.md invariant 4: readers treat the account row as the truth)
     The account row is deleted first, under the ETag it was read with (the commit point: from then on the
@@ -129,8 +128,8 @@ def _filter(query: AccountListQuery) -> tuple[Optional[str], dict[str, Any]]:
         clauses.append("state eq @state")
         params["state"] = query.state
     if query.email:
-        clauses.append("( emailLower eq @lower or email eq @email or email eq @lower )")  # the SDK needs the spaces
-        params["email"], params["lower"] = query.email, query.email.lower()
+        clauses.append("emailLower eq @lower")
+        params["lower"] = query.email.lower()
     return (" and ".join(clauses) or None), params
 
 

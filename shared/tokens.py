@@ -68,9 +68,8 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Iterator, Optional
 from urllib.parse import quote, urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field
-
 from shared import identity
+from shared.api_models import GraphSettings, ImapSettings, OAuthTokenResponse, SmtpSettings
 from shared.clouds import CLOUDS, RESERVED_SCOPES, scopes_for
 from shared.errors import ApiError, unavailable
 from shared.identity import IdentityError, IdentityUnavailable
@@ -93,49 +92,7 @@ LOCK_WAIT = 45.0  # seconds a request waits for another request's refresh of the
 CACHE_MAX = 20_000  # access tokens kept per process (least recently used dropped first)
 REAUTH_ERRORS = frozenset({"invalid_grant", "interaction_required", "consent_required"})
 CREDENTIAL_MISSING = "credential_missing"
-IMAP_PORT, SMTP_PORT = 993, 587
 _OIDC = frozenset(RESERVED_SCOPES) | {"email"}
-
-
-# --- response models ----------------------------------------------------------------------------------
-
-class ImapHandOff(BaseModel):
-    host: str
-    port: int = IMAP_PORT
-    secure: bool = True
-    user: str = Field(description="XOAUTH2 user: the mailbox address (also for a shared mailbox)")
-
-
-class SmtpHandOff(BaseModel):
-    model_config = ConfigDict(populate_by_name=True)
-
-    host: str
-    port: int = SMTP_PORT
-    secure: bool = False
-    starttls: bool = True
-    user: str = Field(description="XOAUTH2 user: the signer (the delegate for a shared mailbox)")
-    from_: str = Field(alias="from", description="MAIL FROM: the mailbox address")
-
-
-class GraphHandOff(BaseModel):
-    baseUrl: str = Field(description="{graph}/v1.0/me, or {graph}/v1.0/users/{mailbox} for a shared mailbox")
-
-
-class TokenHandOff(BaseModel):
-    """The answer of ``GET /v1/account/{account}/oauth-token``; serialise with ``by_alias=True``."""
-
-    account: str
-    user: str = Field(description="The mailbox address (EmailEngine's field)")
-    accessToken: str
-    expires: str = Field(description="ISO 8601 UTC expiry of accessToken")
-    scopes: list[str]
-    registeredScopes: list[str] = Field(description="EmailEngine's name for the same scopes")
-    provider: str = "outlook"
-    tokenType: str = "Bearer"
-    delegated: bool
-    imap: ImapHandOff
-    smtp: SmtpHandOff
-    graph: GraphHandOff
 
 
 # --- errors -------------------------------------------------------------------------------------------
@@ -281,7 +238,7 @@ def parse_account_id(value: Optional[str]) -> str:
         raise ApiError(400, "invalid_input", f"account: {exc}", field="account") from None
 
 
-def hand_off(account_id: str, settings: Settings) -> TokenHandOff:
+def hand_off(account_id: str, settings: Settings) -> OAuthTokenResponse:
     """A usable access token for the account, and how to use it; raises ``ApiError`` (see module docs)."""
     account = accounts.get_account(account_id)
     if account is None:
@@ -482,13 +439,13 @@ def _update(account_id: str, credential_id: str, change: Callable[[Account], Opt
 
 # --- rendering ----------------------------------------------------------------------------------------
 
-def _response(account: Account, app: OAuthApp, token: _Cached, settings: Settings) -> TokenHandOff:
+def _response(account: Account, app: OAuthApp, token: _Cached, settings: Settings) -> OAuthTokenResponse:
     cloud = CLOUDS.get(app.cloud, CLOUDS["global"])
     graph = (settings.graph_url or cloud.graph_url).rstrip("/")
     mailbox = account.email
     base_url = f"{graph}/v1.0/users/{quote(mailbox, safe='@')}" if account.delegated else f"{graph}/v1.0/me"
     expires = datetime.fromtimestamp(token.expires_at, timezone.utc).replace(microsecond=0)
-    return TokenHandOff(
+    return OAuthTokenResponse(
         account=account.account,
         user=mailbox,
         accessToken=token.access_token,
@@ -497,8 +454,8 @@ def _response(account: Account, app: OAuthApp, token: _Cached, settings: Setting
         registeredScopes=list(token.scopes),
         provider=app.provider,
         delegated=account.delegated,
-        imap=ImapHandOff(host=cloud.imap_host, user=mailbox),
-        smtp=SmtpHandOff(host=cloud.smtp_host, user=account.signerUpn if account.delegated else mailbox,
+        imap=ImapSettings(host=cloud.imap_host, user=mailbox),
+        smtp=SmtpSettings(host=cloud.smtp_host, user=account.signerUpn if account.delegated else mailbox,
                          from_=mailbox),
-        graph=GraphHandOff(baseUrl=base_url),
+        graph=GraphSettings(baseUrl=base_url),
     )

@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, ClassVar, Optional
 
+from pydantic import computed_field
+
 from shared.tables.client import table
 from shared.tables.records import Record, is_conflict, is_missing
 
@@ -32,6 +34,11 @@ class Account(Record):
     meta: dict[str, Any] = {}
     created: datetime
     updated: datetime
+
+    @computed_field  # stored with the row, so the e-mail filter can be an OData ``eq`` on it
+    @property
+    def emailLower(self) -> str:
+        return self.email.lower()
 
 
 def get_account(account_id: str) -> Optional[Account]:
