@@ -76,7 +76,7 @@ def set_env(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]):
 
 @pytest.fixture
 def identity():
-    from tests.fakes.identity import FakeIdentity
+    from sandbox.identity import FakeIdentity
 
     fake = FakeIdentity().start()
     yield fake
