@@ -14,9 +14,12 @@ bob@contoso.example     own mailbox; can open the shared mailboxes support@ and 
 carol@contoso.example   own mailbox; cannot open any shared mailbox
 ======================  ===================================================================
 
-The shared mailboxes each user can open are shown on the sign-in page (``FakeUser.shared_mailboxes``).
-Until the sandbox also fakes Graph and IMAP, the service's mailbox access check cannot ask a mailbox,
-so ``service_env()`` turns it off (``MC_ACCESS_CHECK=off``) unless it is set explicitly.
+The shared mailboxes each user can open are shown on the sign-in page (``FakeUser.shared_mailboxes``)
+and enforced by fakes of Exchange's IMAP service and of Graph's mail folders (``tests/fakes/imap.py``,
+``tests/fakes/graph.py``, sharing one permission table), which the service's mailbox access check asks
+(``MC_IMAP_HOST``, ``MC_GRAPH_URL``): Carol connecting support@ is refused with
+``error=mailbox_access_denied``. Those fakes live with the tests for now (a checkout has them; the sandbox
+is a development tool too); without them the access check is turned off (``MC_ACCESS_CHECK=off``).
 
 The sandbox refuses to start in Azure.
 """
@@ -26,7 +29,7 @@ from __future__ import annotations
 import secrets
 import uuid
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from . import refuse_in_azure
 from .identity import FakeIdentity, FakeUser
@@ -68,7 +71,8 @@ USERS = (
 class Sandbox:
     """The fake identity platform with the test tenant. ``start()`` / ``stop()`` or a context manager."""
 
-    def __init__(self, *, interactive: bool = True) -> None:
+    def __init__(self, *, interactive: bool = True, mailboxes: bool = True) -> None:
+        """``mailboxes``: also run the fakes of IMAP and Graph that the service's access check asks."""
         refuse_in_azure()
         self.identity = FakeIdentity(tenant_id=TENANT_ID, interactive=interactive, browser_http=True)
         self.users: dict[str, FakeUser] = {}
@@ -79,14 +83,38 @@ class Sandbox:
             )
         self.client_id = CLIENT_ID
         self.client_secret = secrets.token_urlsafe(32)
+        self.graph: Any = None
+        self.imap: Any = None
+        if mailboxes:
+            self._mail_fakes()
+
+    def _mail_fakes(self) -> None:
+        try:
+            from tests.fakes.graph import FakeGraph, Mailboxes
+            from tests.fakes.imap import FakeImap
+        except ImportError:  # not a full checkout: the access check is turned off instead
+            return
+        table = Mailboxes()
+        table.add_mailbox(*(u.upn for u in USERS), *SHARED_MAILBOXES)
+        for user in USERS:
+            for mailbox in user.shared_mailboxes:
+                table.grant(user.upn, mailbox)
+        self.graph = FakeGraph(self.identity, table)
+        self.imap = FakeImap(self.identity, table)
 
     # -- lifecycle
     def start(self) -> "Sandbox":
         refuse_in_azure()
         self.identity.start()
+        for fake in (self.graph, self.imap):
+            if fake is not None:
+                fake.start()
         return self
 
     def stop(self) -> None:
+        for fake in (self.imap, self.graph):
+            if fake is not None:
+                fake.stop()
         self.identity.stop()
 
     def __enter__(self) -> "Sandbox":
@@ -99,8 +127,10 @@ class Sandbox:
     def service_env(self, environ: Optional[dict[str, str]] = None) -> dict[str, str]:
         """Settings that point the service at the sandbox (environment variables win over local settings)."""
         env = {"MC_AUTHORITY_HOST": self.identity.host, "MC_CA_BUNDLE": self.identity.ca_bundle}
-        if not (environ or {}).get("MC_ACCESS_CHECK"):
-            env["MC_ACCESS_CHECK"] = "off"  # no fake Graph/IMAP in the sandbox yet (see the module docstring)
+        if self.graph is not None and self.imap is not None:
+            env.update(MC_GRAPH_URL=self.graph.url, MC_IMAP_HOST=self.imap.address)
+        elif not (environ or {}).get("MC_ACCESS_CHECK"):
+            env["MC_ACCESS_CHECK"] = "off"  # nothing to ask (see the module docstring)
         return env
 
     def ensure_app(self, settings: "Settings", *, base_scopes: str = "imap") -> "OAuthApp":
@@ -133,6 +163,7 @@ class Sandbox:
 
     def describe(self) -> dict[str, object]:
         return {
+            "mailboxChecks": self.imap is not None,
             "authorityHost": self.identity.host,
             "caBundle": self.identity.ca_bundle,
             "signInUrl": self.identity.browser_url,

@@ -84,7 +84,19 @@ class Stack:
 
 
 @pytest.fixture
-def stack(env, set_env) -> Iterator[Stack]:
+def fresh_discovery_cache() -> Iterator[None]:
+    """MSAL's discovery cache is process-wide and keyed by URL. A sandbox advertises its sign-in page on
+    another port than a plain fake does, so a later fake on a reused port must not get this one's
+    discovery document (nor this sandbox an earlier fake's)."""
+    from shared import identity
+
+    identity._http_cache.clear()
+    yield
+    identity._http_cache.clear()
+
+
+@pytest.fixture
+def stack(env, set_env, fresh_discovery_cache) -> Iterator[Stack]:
     from shared.settings import get_settings
     from shared.tables.apitokens import create_token
     from tools.azurite import free_port
@@ -199,6 +211,25 @@ def test_consent_denied_goes_back_to_the_app_and_the_link_still_works(page: Page
     shot(page, "demo-consent-denied")
 
     page.goto(link)  # nothing was used up: the same link works
+    page.get_by_role("button", name=re.compile("^Sign in as Bob Smith")).click()
+    page.wait_for_url(re.compile(re.escape(stack.demo.redirect_url) + r"\?account="))
+    assert account_of(page)[1] == "new"
+
+
+def test_a_user_who_cannot_open_the_shared_mailbox_is_refused(page: Page, stack: Stack):
+    assert stack.sandbox.imap is not None, "the sandbox runs the IMAP fake for the access check"
+    link = stack.link(email=SHARED_MAILBOXES[0], delegated=True)
+    page.goto(link)
+    carol = page.get_by_role("button", name=re.compile("^Sign in as Carol Jones"))
+    assert "Cannot open any shared mailbox" in carol.inner_text()
+    carol.click()
+    page.wait_for_url(re.compile(re.escape(stack.demo.redirect_url) + r"\?.*error=mailbox_access_denied"))
+    assert SHARED_MAILBOXES[0] in page.locator("main").inner_text()
+    shot(page, "demo-mailbox-access-denied")
+    from shared.tables.client import table
+    assert list(table("accounts").list_entities()) == []
+
+    page.goto(link)  # nothing was stored and the link was not used up: Bob can still connect it
     page.get_by_role("button", name=re.compile("^Sign in as Bob Smith")).click()
     page.wait_for_url(re.compile(re.escape(stack.demo.redirect_url) + r"\?account="))
     assert account_of(page)[1] == "new"

@@ -212,7 +212,19 @@ def test_sandbox_choice_rejects_a_bad_setting():
 # ----------------------------------------------------------------------------- with the service
 
 @pytest.fixture
-def demo_stack(env, set_env):
+def fresh_discovery_cache() -> Iterator[None]:
+    """MSAL's discovery cache is process-wide and keyed by URL. A sandbox advertises its sign-in page on
+    another port than a plain fake does, so a later fake on a reused port must not get this one's
+    discovery document (nor this sandbox an earlier fake's)."""
+    from shared import identity
+
+    identity._http_cache.clear()
+    yield
+    identity._http_cache.clear()
+
+
+@pytest.fixture
+def demo_stack(env, set_env, fresh_discovery_cache):
     """The service on the local host, pointed at a sandbox, with the sandbox app and the demo app."""
     from shared.settings import get_settings
     from shared.tables.apitokens import create_token
@@ -273,6 +285,29 @@ def test_demo_app_shows_an_error_coming_back(demo_stack):
     start = browser.post(f"{demo.url}/connect", data={"email": ""}, allow_redirects=False)
     done = follow(browser, start.headers["Location"], until=demo.redirect_url)
     assert query(done.url)["error"] == "access_denied" and "not connected" in done.text
+
+
+def test_the_sandbox_enforces_who_can_open_which_mailbox(demo_stack):
+    sb, demo, _ = demo_stack
+    assert {"MC_IMAP_HOST", "MC_GRAPH_URL"} <= set(sb.service_env()) and "MC_ACCESS_CHECK" not in sb.service_env()
+    results = {}
+    for upn, mailbox in [("carol@contoso.example", SHARED_MAILBOXES[0]), ("ada@contoso.example", ""),
+                         ("bob@contoso.example", SHARED_MAILBOXES[1])]:
+        sb.sign_in_as(upn)
+        browser = session()
+        start = browser.post(f"{demo.url}/connect", data={"email": mailbox, "delegated": "true" if mailbox else ""},
+                             allow_redirects=False)
+        results[upn] = query(follow(browser, start.headers["Location"], until=demo.redirect_url).url)
+    assert results["carol@contoso.example"]["error"] == "mailbox_access_denied"
+    assert results["ada@contoso.example"]["state"] == "new" and results["bob@contoso.example"]["state"] == "new"
+    assert [(login["user"], login["ok"]) for login in sb.imap.logins] == [
+        (SHARED_MAILBOXES[0], False), ("ada@contoso.example", True), (SHARED_MAILBOXES[1], True)]
+
+
+def test_without_the_mailbox_fakes_the_access_check_is_off():
+    with Sandbox(mailboxes=False) as sb:
+        assert sb.service_env()["MC_ACCESS_CHECK"] == "off"
+        assert sb.service_env({"MC_ACCESS_CHECK": "strict"}).get("MC_ACCESS_CHECK") is None
 
 
 def test_control_api_wants_json(demo_stack):
