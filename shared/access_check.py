@@ -39,12 +39,12 @@ log line or a result. ``requests`` and ``imaplib`` are imported on first use (co
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional
 from urllib.parse import quote
 
 from shared.clouds import CLOUDS
+from shared.outbound import http_session
 from shared.settings import Settings
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -59,8 +59,6 @@ IMAP_PORT = 993
 _NOT_FOUND_CODES = {"ErrorInvalidUser", "MailboxNotEnabledForRESTAPI", "ResourceNotFound",
                     "Request_ResourceNotFound", "ErrorNonExistentMailbox"}
 
-_lock = threading.Lock()
-_sessions: dict[Optional[str], "requests.Session"] = {}
 
 
 @dataclass(frozen=True)
@@ -87,20 +85,6 @@ def check_mailbox_access(app: "OAuthApp", access_token: str, mailbox: str, signe
 
 # --- Graph ------------------------------------------------------------------------------------------
 
-def _session(settings: Settings) -> "requests.Session":
-    """Our own session: ``trust_env=False`` so REQUESTS_CA_BUNDLE and proxies of the shell do not apply."""
-    with _lock:
-        session = _sessions.get(settings.ca_bundle)
-        if session is None:
-            import requests
-
-            session = requests.Session()
-            session.trust_env = False
-            session.verify = settings.ca_bundle or True
-            _sessions[settings.ca_bundle] = session
-        return session
-
-
 def graph_base(app: "OAuthApp", settings: Settings) -> str:
     cloud = CLOUDS.get(app.cloud, CLOUDS["global"])
     return (settings.graph_url or cloud.graph_url).rstrip("/")
@@ -112,7 +96,7 @@ def _graph(app: "OAuthApp", token: str, mailbox: str, delegated: bool, settings:
     target = f"users/{quote(mailbox, safe='@')}" if delegated else "me"
     url = f"{graph_base(app, settings)}/v1.0/{target}/mailFolders/inbox?$select=id"
     try:
-        response = _session(settings).get(
+        response = http_session(settings).get(
             url, headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
             timeout=(min(5.0, TIMEOUT_SECONDS), TIMEOUT_SECONDS), allow_redirects=False,
         )

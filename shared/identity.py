@@ -8,17 +8,16 @@ discovery document is fetched once per instance, not once per request.
 from __future__ import annotations
 
 import re
-import threading
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Optional
 
 from shared.clouds import authority_host
+from shared.outbound import http_session
 from shared.settings import Settings
 
 if TYPE_CHECKING:  # pragma: no cover
     import msal
-    import requests
 
     from shared.tables.apps import OAuthApp
 
@@ -41,9 +40,7 @@ class _DiscoveryCache(dict):
         super().__setitem__(key, value)
 
 
-_lock = threading.Lock()
 _http_cache: dict[Any, Any] = _DiscoveryCache()
-_sessions: dict[Optional[str], "requests.Session"] = {}
 
 
 class IdentityError(Exception):
@@ -68,20 +65,6 @@ class Tokens:
     claims: dict[str, Any]
 
 
-def _session(settings: Settings) -> "requests.Session":
-    """MSAL's own session: ``trust_env=False`` so REQUESTS_CA_BUNDLE cannot override ``verify``."""
-    with _lock:
-        session = _sessions.get(settings.ca_bundle)
-        if session is None:
-            import requests
-
-            session = requests.Session()
-            session.trust_env = False
-            session.verify = settings.ca_bundle or True
-            _sessions[settings.ca_bundle] = session
-        return session
-
-
 def authority_url(app: "OAuthApp", settings: Settings) -> str:
     return f"https://{authority_host(app.cloud, settings.authority_host)}/{app.authority}"
 
@@ -99,7 +82,7 @@ def _client(app: "OAuthApp", client_secret: str, settings: Settings) -> "msal.Co
             app.clientId,
             client_credential=client_secret,
             authority=authority_url(app, settings),
-            http_client=_session(settings),
+            http_client=http_session(settings),
             http_cache=_http_cache,
             instance_discovery=False,
             token_cache=msal.TokenCache(),

@@ -1,14 +1,22 @@
-"""Accounts: one row per account id (partition = account id). The account row is the commit point."""
+"""Accounts: one row per account id (partition = account id, RowKey ""). The account row is the commit point.
+
+The partition also holds the account's undelivered event rows (RowKey ``event:<id>``, see
+``shared.tables.outbox``), written in the same transaction as the account row change that caused them;
+listings select ``RowKey eq ''``.
+"""
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, ClassVar, Optional
+from typing import TYPE_CHECKING, Any, ClassVar, Optional, Sequence
 
 from pydantic import computed_field
 
 from shared.tables.client import table
-from shared.tables.records import Record, is_conflict, is_missing
+from shared.tables.records import Record, is_conflict, is_missing, is_precondition_failed
+
+if TYPE_CHECKING:  # pragma: no cover
+    from shared.tables.outbox import EventRow
 
 TABLE = "accounts"
 CONNECTED = "connected"
@@ -50,31 +58,58 @@ def get_account(account_id: str) -> Optional[Account]:
         raise
 
 
-def insert_account(account: Account) -> bool:
-    """True when created; False when the id exists already (the caller then updates it)."""
+def insert_account(account: Account, events: Sequence["EventRow"] = ()) -> bool:
+    """True when created; False when the id exists already (the caller then updates it).
+
+    ``events`` (``shared.tables.outbox``) are written in the same transaction: all rows or none.
+    """
     try:
-        table(TABLE).create_entity(account.to_entity(account.account))
+        if events:
+            _transaction([("create", account.to_entity(account.account))], events)
+        else:
+            table(TABLE).create_entity(account.to_entity(account.account))
     except Exception as exc:
-        if is_conflict(exc):
+        if is_conflict(exc) or _code(exc) == "EntityAlreadyExists":
             return False
         raise
     return True
 
 
-def replace_account(account: Account) -> bool:
-    """Replace the row read as ``account`` (its etag); False when someone else changed it meanwhile."""
+def replace_account(account: Account, events: Sequence["EventRow"] = ()) -> bool:
+    """Replace the row read as ``account`` (its etag); False when someone else changed it meanwhile.
+
+    ``events`` are written in the same transaction (they share the account's partition).
+    """
     from azure.core import MatchConditions
     from azure.data.tables import UpdateMode
 
     try:
-        table(TABLE).update_entity(account.to_entity(account.account), mode=UpdateMode.REPLACE,
-                                   etag=account.etag, match_condition=MatchConditions.IfNotModified)
+        if events:
+            _transaction([("update", account.to_entity(account.account),
+                           {"mode": UpdateMode.REPLACE, "etag": account.etag,
+                            "match_condition": MatchConditions.IfNotModified})], events)
+        else:
+            table(TABLE).update_entity(account.to_entity(account.account), mode=UpdateMode.REPLACE,
+                                       etag=account.etag, match_condition=MatchConditions.IfNotModified)
     except Exception as exc:
-        if type(exc).__name__ in ("ResourceModifiedError", "ResourceNotFoundError") or \
-                getattr(exc, "status_code", None) == 412:
+        if is_precondition_failed(exc) or _lost_race(exc):
             return False
         raise
     return True
+
+
+def _transaction(operations: list[tuple], events: Sequence["EventRow"]) -> None:
+    """One entity-group transaction: the account row's operation and its event rows (same partition)."""
+    table(TABLE).submit_transaction([*operations, *(("create", e.entity()) for e in events)])
+
+
+def _code(exc: BaseException) -> str:
+    return str(getattr(exc, "error_code", "") or "")
+
+
+def _lost_race(exc: BaseException) -> bool:
+    """A transaction whose ETag condition failed (412) or whose row went away meanwhile (404)."""
+    return type(exc).__name__ == "TableTransactionError" and getattr(exc, "status_code", None) in (404, 412)
 
 
 # --- management API: paged queries and deletion ---------------------------------------------------------
@@ -89,10 +124,9 @@ def query_page(filter: Optional[str], parameters: dict[str, Any], page_size: int
     import logging
 
     client = table(TABLE)
-    if filter:
-        pager = client.query_entities(filter, parameters=parameters, results_per_page=page_size)
-    else:
-        pager = client.list_entities(results_per_page=page_size)
+    # Account rows only: event rows (shared.tables.outbox) share the partitions, under other row keys.
+    query = f"RowKey eq '' and ({filter})" if filter else "RowKey eq ''"
+    pager = client.query_entities(query, parameters=parameters, results_per_page=page_size)
     pages = pager.by_page(continuation_token=continuation)
     rows: list[Account] = []
     for entity in next(pages, []):
@@ -106,23 +140,29 @@ def query_page(filter: Optional[str], parameters: dict[str, Any], page_size: int
 
 def first_account_of_app(app_id: str) -> Optional[str]:
     """The id of one account that uses the app, or None (a filtered scan; fine for rare admin calls)."""
-    rows = table(TABLE).query_entities("appId eq @app", parameters={"app": app_id}, select=["account"],
+    rows = table(TABLE).query_entities("RowKey eq '' and appId eq @app", parameters={"app": app_id}, select=["account"],
                                        results_per_page=1)
     for row in rows:
         return str(row.get("account") or "")
     return None
 
 
-def delete_account(account: Account) -> bool:
-    """Delete the row read as ``account`` (its etag); False when it changed or went away meanwhile."""
+def delete_account(account: Account, events: Sequence["EventRow"] = ()) -> bool:
+    """Delete the row read as ``account`` (its etag); False when it changed or went away meanwhile.
+
+    ``events`` are written in the same transaction (they stay in the partition until delivered).
+    """
     from azure.core import MatchConditions
 
     try:
-        table(TABLE).delete_entity(account.account, "", etag=account.etag,
-                                   match_condition=MatchConditions.IfNotModified)
+        if events:
+            _transaction([("delete", {"PartitionKey": account.account, "RowKey": ""},
+                           {"etag": account.etag, "match_condition": MatchConditions.IfNotModified})], events)
+        else:
+            table(TABLE).delete_entity(account.account, "", etag=account.etag,
+                                       match_condition=MatchConditions.IfNotModified)
     except Exception as exc:
-        if type(exc).__name__ in ("ResourceModifiedError", "ResourceNotFoundError") or \
-                getattr(exc, "status_code", None) == 412:
+        if is_precondition_failed(exc) or _lost_race(exc):
             return False
         raise
     return True

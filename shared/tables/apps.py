@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import ClassVar, Optional
 
 from shared.tables.client import table
-from shared.tables.records import Record, is_missing, utcnow
+from shared.tables.records import Record, is_missing, is_precondition_failed, utcnow
 
 TABLE = "apps"
 PARTITION = "app"
@@ -97,8 +97,7 @@ def replace_app(app: OAuthApp) -> bool:
         table(TABLE).update_entity(app.to_entity(PARTITION, app.id), mode=UpdateMode.REPLACE, etag=app.etag,
                                    match_condition=MatchConditions.IfNotModified)
     except Exception as exc:
-        if type(exc).__name__ in ("ResourceModifiedError", "ResourceNotFoundError") or \
-                getattr(exc, "status_code", None) == 412:
+        if is_precondition_failed(exc):
             return False
         raise
     finally:

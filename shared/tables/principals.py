@@ -8,10 +8,10 @@ unique by construction, so writing an index row is an idempotent upsert.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import ClassVar, Optional
+from typing import ClassVar, Iterator, Optional
 
 from shared.tables.client import table
-from shared.tables.records import Record, is_missing
+from shared.tables.records import Record, is_missing, is_precondition_failed
 
 TABLE = "principals"
 CREDENTIAL_ROW = "credential"
@@ -29,6 +29,10 @@ class Credential(Record):
     scopes: list[str] = []
     secretName: str
     tokenWrittenAt: datetime
+    # Set by the keep-alive (shared.keepalive) when only a new sign-in can help; a sign-in replaces the row
+    # without it, and the keep-alive skips the credential until then.
+    keepAliveError: Optional[str] = None
+    keepAliveAt: Optional[datetime] = None
 
 
 class IndexRow(Record):
@@ -77,7 +81,36 @@ def delete_credential_row(credential: Credential) -> bool:
         table(TABLE).delete_entity(credential.credentialId, CREDENTIAL_ROW, etag=credential.etag,
                                    match_condition=MatchConditions.IfNotModified)
     except Exception as exc:
-        if type(exc).__name__ == "ResourceModifiedError" or getattr(exc, "status_code", None) == 412:
+        if is_precondition_failed(exc):
+            return False
+        raise
+    return True
+
+
+# --- keep-alive (shared.keepalive) ----------------------------------------------------------------------
+
+def stale_credentials(written_before: datetime) -> Iterator[Credential]:
+    """Credential rows whose refresh token was last written before ``written_before``, oldest partitions
+    first (a filtered scan of the table; the keep-alive takes a bounded number per run)."""
+    rows = table(TABLE).query_entities("RowKey eq @row and tokenWrittenAt lt @before",
+                                       parameters={"row": CREDENTIAL_ROW, "before": written_before})
+    for entity in rows:
+        yield Credential.from_entity(entity)
+
+
+def mark_keep_alive_failed(credential: Credential, code: str, at: datetime) -> bool:
+    """Record on the row read as ``credential`` (its ETag) that the keep-alive needs a new sign-in; False
+    when a sign-in rewrote the row meanwhile."""
+    from azure.core import MatchConditions
+    from azure.data.tables import UpdateMode
+
+    entity = {"PartitionKey": credential.credentialId, "RowKey": CREDENTIAL_ROW, "keepAliveError": code,
+              "keepAliveAt": at}
+    try:
+        table(TABLE).update_entity(entity, mode=UpdateMode.MERGE, etag=credential.etag,
+                                   match_condition=MatchConditions.IfNotModified)
+    except Exception as exc:
+        if is_precondition_failed(exc):
             return False
         raise
     return True

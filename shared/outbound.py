@@ -1,0 +1,31 @@
+"""The process's HTTP sessions for outbound calls to Microsoft (MSAL, Graph), one per CA bundle.
+
+``trust_env=False``: this machine (and many CI hosts) export REQUESTS_CA_BUNDLE and proxy variables,
+which would otherwise override ``verify`` and send tokens through a proxy nobody configured for us.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING, Optional
+
+from shared.settings import Settings
+
+if TYPE_CHECKING:  # pragma: no cover
+    import requests
+
+_lock = threading.Lock()
+_sessions: dict[Optional[str], "requests.Session"] = {}
+
+
+def http_session(settings: Settings) -> "requests.Session":
+    with _lock:
+        session = _sessions.get(settings.ca_bundle)
+        if session is None:
+            import requests
+
+            session = requests.Session()
+            session.trust_env = False
+            session.verify = settings.ca_bundle or True
+            _sessions[settings.ca_bundle] = session
+        return session
