@@ -13,6 +13,8 @@ from shared.settings import get_settings
 from shared.tables.client import reset_clients
 from tools.azurite import Azurite, start_azurite
 
+pytest_plugins = ["tests.leakcheck"]  # no secret in any log record or service response of the run
+
 # Settings a developer's shell or local.settings.json might carry must not leak into tests.
 _OURS = ("MC_", "AZURE_CLIENT_ID", "WEBSITE_INSTANCE_ID", "WEBSITE_SITE_NAME")
 

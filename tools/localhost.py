@@ -77,6 +77,12 @@ log = logging.getLogger("localhost")
 
 DEFAULT_ROUTE_PREFIX = "api"  # what the Functions host uses when host.json says nothing
 
+#: Called with every response a local host writes: ``hook(method, target, status, headers, body)`` (``target``
+#: is the request's path and query as sent). Tests use it to check that no secret ever leaves the service
+#: (``tests/leakcheck.py``). A failing hook is logged and never changes the response.
+ResponseHook = Callable[[str, str, int, "list[tuple[str, str]]", bytes], None]
+RESPONSE_HOOKS: list[ResponseHook] = []
+
 
 # --------------------------------------------------------------------------- loading the app
 
@@ -524,6 +530,11 @@ class LocalHost:
             log.exception("local host failed on %s %s", h.command, h.path)
             h.close_connection = True
             status, headers, payload = _json_error(500, "internal_error", "The local host failed; see its log.")
+        for hook in list(RESPONSE_HOOKS):  # before writing: the client has not seen the response yet
+            try:
+                hook(h.command, h.path, status, headers, payload)
+            except Exception:  # noqa: BLE001 - an observer must not break the server
+                log.exception("response hook %r failed", hook)
         self._write(h, status, headers, payload)
         log.info("%s %s -> %s %s (%.0f ms)", h.command, h.path, name, status, (time.monotonic() - started) * 1000)
 
