@@ -1,0 +1,303 @@
+"""Races with real concurrency: parallel HTTP requests (threads released together by a ``threading.Barrier``)
+against the local host (a threaded server, as a Functions instance runs several invocations at once), real
+Azurite and the fake Microsoft identity platform.
+
+Each sign-in runs in its own ``tests.service.Browser`` (its own cookie jar, as separate browsers), and is
+stopped at Microsoft's redirect back to ``/oauth`` so that only the callbacks race.
+
+"Consistent" (``check_consistency``), from DESIGN.md invariants 1-5 and what ``shared/accounts_service.py``
+and the README document:
+
+* the account row is the truth. An existing account is either **whole** (its credential row, its
+  (credential, account) index row and the credential's secret all exist) and its token hand-off answers 200,
+  or **degraded** by the documented narrow race of a delete or re-bind with a sign-in of the same credential
+  ("the account then asks for re-authentication at its next token request"; "the account it writes then may
+  need one more sign-in"): then the hand-off answers 409 ``reauthentication_required``, never a 5xx or a
+  token, and one more sign-in makes it whole again;
+* an index row whose account is gone or points at another credential is a leftover: harmless to readers
+  (they check that the account points back) but it keeps its credential alive. Counted and reported;
+  a credential row without any index row and a secret without a credential row likewise (unreachable);
+* a deleted account answers 404 everywhere.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any, Callable, Optional
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+from shared.identity import refresh
+from shared.secrets import SecretNotFound, get_secret_store
+from shared.settings import get_settings
+from shared.signin import credential_id, credential_secret_name
+from shared.tables import accounts, principals
+from shared.tables.client import table
+from shared.tables.records import utcnow
+from shared.tokens import reset_token_cache
+from tests.service import APP_REDIRECT, Browser, query
+
+IMAP_SCOPE = "https://outlook.office.com/IMAP.AccessAsUser.All"
+ROUNDS = 12
+pytestmark = pytest.mark.timeout(300)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_token_cache():
+    reset_token_cache()
+    yield
+    reset_token_cache()
+
+
+# --- helpers --------------------------------------------------------------------------------------------
+
+@dataclass
+class Pending:
+    """A sign-in stopped at Microsoft's redirect back to the service."""
+
+    browser: Browser
+    callback: str
+
+
+def prepare(service, link: str, user) -> Pending:
+    """Open the link and sign in at Microsoft as ``user`` in a new browser; do not follow the callback yet."""
+    browser = Browser()
+    service.identity.sign_in_as(user)
+    start = browser.get(link, allow_redirects=False, timeout=30)
+    assert start.status_code == 302, start.text
+    authorize = browser.get(start.headers["Location"], allow_redirects=False, timeout=30,
+                            verify=service.identity.ca_bundle)
+    assert authorize.status_code == 302, authorize.text
+    return Pending(browser, authorize.headers["Location"])
+
+
+def together(*actions: Callable[[], Any]) -> list[Any]:
+    """Run the actions in parallel threads, released at the same moment; their results in order."""
+    barrier = threading.Barrier(len(actions))
+
+    def run(action):
+        barrier.wait(timeout=60)
+        return action()
+
+    with ThreadPoolExecutor(len(actions)) as pool:
+        return list(pool.map(run, actions))
+
+
+def complete(pending: Pending):
+    return lambda: pending.browser.get(pending.callback, allow_redirects=False, timeout=60)
+
+
+def back_at_app(response) -> dict[str, str]:
+    """The query the app receives; the response must be the redirect to its redirectUrl."""
+    location = response.headers.get("Location", "")
+    assert response.status_code == 302 and location.startswith(APP_REDIRECT + "?"), \
+        (response.status_code, location, response.text[:300])
+    return query(location)
+
+
+def account_rows() -> list[dict]:
+    return list(table("accounts").query_entities("RowKey eq ''"))  # not the event rows
+
+
+def index_rows() -> list[tuple[str, str]]:
+    return [(r["PartitionKey"], r["accountId"])
+            for r in table("principals").query_entities("RowKey ne 'credential'")]
+
+
+def credential_rows() -> dict[str, dict]:
+    return {r["PartitionKey"]: r for r in table("principals").query_entities("RowKey eq 'credential'")}
+
+
+def secret_exists(name: str) -> bool:
+    try:
+        get_secret_store().get(name)
+        return True
+    except SecretNotFound:
+        return False
+
+
+@dataclass
+class Consistency:
+    whole: list[str] = field(default_factory=list)
+    degraded: list[str] = field(default_factory=list)
+    leftover_index_rows: list[tuple[str, str]] = field(default_factory=list)
+    unused_credentials: list[str] = field(default_factory=list)
+
+
+def check_consistency(service) -> Consistency:
+    """Assert the rules of the module docstring; return what was found (for repair and reporting)."""
+    found = Consistency()
+    reset_token_cache()  # the next hand-off must read the credential (a cached access token hides nothing)
+    index = set(index_rows())
+    creds = credential_rows()
+    rows = account_rows()
+    for row in rows:
+        account, cred = row["PartitionKey"], row["credentialId"]
+        whole = cred in creds and (cred, account) in index and secret_exists(credential_secret_name(cred))
+        answer = service.api("GET", f"/v1/account/{account}/oauth-token")
+        if whole:
+            assert answer.status_code == 200, (account, answer.status_code, answer.text)
+            found.whole.append(account)
+        else:
+            assert answer.status_code == 409 and answer.json()["error"] == "reauthentication_required", \
+                (account, cred in creds, (cred, account) in index, answer.status_code, answer.text)
+            found.degraded.append(account)
+    by_account = {row["PartitionKey"]: row["credentialId"] for row in rows}
+    for cred, account in index:
+        if by_account.get(account) != cred:
+            found.leftover_index_rows.append((cred, account))
+    found.unused_credentials = [c for c in creds if not any(i[0] == c for i in index)]
+    return found
+
+
+# --- 1. twenty callbacks for one mailbox ---------------------------------------------------------------
+
+SIGNIN_RETRY_BUG = (
+    "shared/signin.py _commit_account gives up after 8 ETag conflicts and raises ApiError(503), which "
+    "complete() does not turn into an AppError: the callback ends on the hosted 503 page 'The service is busy' "
+    "(and an ERROR with traceback is logged) instead of going back to the app's redirectUrl (with "
+    "state=existing, or at worst error=temporarily_unavailable). Seen intermittently with 20 parallel callbacks.")
+
+
+def test_twenty_parallel_callbacks_for_one_mailbox_create_one_account(service, identity):
+    """Invariant 1: connecting the same mailbox twenty times at once yields one account; the callbacks that
+    reach the app all name it, exactly one with ``state=new``. Then every callback should have reached the
+    app: while signin.py gives up under this contention (``SIGNIN_RETRY_BUG``) the test ends as xfail after
+    checking the invariants."""
+    user = identity.add_user("race@contoso.com", email="race@contoso.com")
+    pending = [prepare(service, service.link(name="Race"), user) for _ in range(20)]
+    answers = together(*(complete(p) for p in pending))
+    at_app = [back_at_app(a) for a in answers if a.status_code == 302]
+    busy = [a for a in answers if a.status_code != 302]
+    assert all(a.status_code == 503 and "The service is busy" in a.text for a in busy), \
+        [(a.status_code, a.text[:200]) for a in busy]
+    assert all("error" not in r for r in at_app), [r for r in at_app if "error" in r]
+    assert len({r["account"] for r in at_app}) == 1
+    assert Counter(r["state"] for r in at_app) == {"new": 1, "existing": len(at_app) - 1}
+
+    [row] = account_rows()
+    cred = credential_id(service.app.id, user.tid, user.oid)
+    assert row["PartitionKey"] == at_app[0]["account"] and row["credentialId"] == cred
+    assert index_rows() == [(cred, row["PartitionKey"])]
+    assert list(credential_rows()) == [cred]
+    # Every link that reached the app used its nonce once; a "busy" one released it (it can be used again).
+    assert len(list(table("links").list_entities())) == len(at_app)
+    found = check_consistency(service)
+    assert found.whole == [row["PartitionKey"]] and not found.leftover_index_rows
+    if busy:
+        pytest.xfail(f"{len(busy)} of 20 callbacks: {SIGNIN_RETRY_BUG}")
+
+
+# --- 2. one signer, ten mailboxes ------------------------------------------------------------------------
+
+def test_one_signer_connects_ten_mailboxes_in_parallel_with_one_credential(service, identity):
+    """Ten shared mailboxes connected at once by one delegate: ten accounts, ten index rows, one credential
+    row and one stored refresh token (plus the app's client secret)."""
+    user = identity.add_user("delegate@contoso.com", email="delegate@contoso.com")
+    links = [service.link(email=f"shared{i}@contoso.com", delegated=True) for i in range(10)]
+    pending = [prepare(service, link, user) for link in links]
+    results = [back_at_app(a) for a in together(*(complete(p) for p in pending))]
+    assert [r.get("state") for r in results] == ["new"] * 10, results
+    ids = {r["account"] for r in results}
+    assert len(ids) == 10
+
+    cred = credential_id(service.app.id, user.tid, user.oid)
+    assert sorted(index_rows()) == sorted((cred, account) for account in ids)
+    assert list(credential_rows()) == [cred]
+    assert {row["credentialId"] for row in account_rows()} == {cred}
+    stored = sorted(r["PartitionKey"] for r in table("secrets").list_entities())
+    assert stored == sorted([service.app.secretName, credential_secret_name(cred)])
+    assert_works(service, get_secret_store().get(credential_secret_name(cred)))
+    found = check_consistency(service)
+    assert sorted(found.whole) == sorted(ids)
+
+
+# --- 3. delete racing a re-authentication ----------------------------------------------------------------
+
+@pytest.mark.parametrize("resigner", ["same signer", "another signer"])
+def test_delete_racing_reauthentication_ends_consistent(service, identity, resigner):
+    """``DELETE /v1/account/{id}`` and the callback of a re-authentication of the same account, released
+    together (the delete a little later each round, from 0 to a callback's duration), twelve rounds. Each round ends consistent (module docstring); a degraded account is repaired by
+    one more sign-in; every outcome is counted and printed."""
+    alice = identity.add_user("alice@contoso.com", email="alice@contoso.com")
+    bob = identity.add_user("bob@contoso.com", email="bob@contoso.com")
+    signer = alice if resigner == "same signer" else bob
+    body = {"account": "team", "email": "team@contoso.com", "delegated": True}
+    outcomes: Counter = Counter()
+    for round_ in range(ROUNDS):
+        # Start each round from a whole account signed by alice, and a re-authentication ready to complete.
+        started = time.monotonic()
+        first = back_at_app(complete(prepare(service, service.link(**body), alice))())
+        callback_time = time.monotonic() - started
+        assert first["account"] == "team" and "error" not in first, first
+        reauth = service.api("POST", "/v1/account/team/reauth", json={"redirectUrl": APP_REDIRECT})
+        assert reauth.status_code == 200, reauth.text
+        pending = prepare(service, reauth.json()["url"], signer)
+
+        # The delete starts a little later each round, so it meets the callback at every step of its writes.
+        delay = callback_time * round_ / ROUNDS
+
+        def delete():
+            time.sleep(delay)
+            return service.api("DELETE", "/v1/account/team")
+
+        deleted, signed_in = together(delete, complete(pending))
+        assert deleted.status_code in (200, 404), (deleted.status_code, deleted.text)
+        result = back_at_app(signed_in)
+        assert "error" not in result and result["account"] == "team", result
+        found = check_consistency(service)
+        outcome = ("deleted" if not account_rows() else
+                   f"re-authorised ({result['state']})" + (", degraded" if found.degraded else ""))
+        outcomes[outcome] += 1
+        outcomes["leftover index rows"] += len(found.leftover_index_rows)
+        outcomes["unused credentials"] += len(found.unused_credentials)
+        if found.degraded:  # the documented repair: one more sign-in
+            repaired = back_at_app(complete(prepare(service, service.link(**body), signer))())
+            assert "error" not in repaired, repaired
+            assert check_consistency(service).whole == ["team"]
+        assert not found.leftover_index_rows, found  # no failure was injected: clean-up always ran
+        if account_rows():
+            assert service.api("DELETE", "/v1/account/team").status_code == 200
+        assert service.api("GET", "/v1/account/team").status_code == 404
+    print(f"delete vs re-authentication ({resigner}):", dict(outcomes))
+
+
+# --- 4. fifty token requests ------------------------------------------------------------------------------
+
+def test_fifty_parallel_token_requests_refresh_once_and_keep_a_valid_refresh_token(service, identity, monkeypatch):
+    """Fifty hand-offs at once for one account whose refresh token is due for rotation: one refresh (at most
+    a handful), at most one rotation write, every answer 200, and the stored refresh token still works."""
+    user = identity.add_user("tokens@contoso.com", email="tokens@contoso.com")
+    account = back_at_app(complete(prepare(service, service.link(), user))())["account"]
+    cred = credential_id(service.app.id, user.tid, user.oid)
+    credential = principals.get_credential(cred)
+    principals.upsert_credential(credential.model_copy(update={"tokenWrittenAt": utcnow() - timedelta(days=2)}))
+    reset_token_cache()
+
+    store = get_secret_store()
+    writes: list[str] = []
+    original_set = store.set
+    monkeypatch.setattr(store, "set", lambda name, value, **kw: (writes.append(name), original_set(name, value, **kw)))
+    refreshes_before = sum(1 for r in identity.token_requests if r["grant_type"] == "refresh_token")
+
+    answers = together(*[lambda: service.api("GET", f"/v1/account/{account}/oauth-token")] * 50)
+    assert [a.status_code for a in answers] == [200] * 50, [a.text for a in answers if a.status_code != 200][:3]
+    refreshes = sum(1 for r in identity.token_requests if r["grant_type"] == "refresh_token") - refreshes_before
+    assert 1 <= refreshes <= 3, refreshes
+    assert len({a.json()["accessToken"] for a in answers}) <= refreshes
+    assert writes == [credential_secret_name(cred)], writes  # rotated once
+    rotated = principals.get_credential(cred)
+    assert utcnow() - rotated.tokenWrittenAt < timedelta(minutes=1)
+    assert_works(service, get_secret_store().get(rotated.secretName))
+    print(f"50 parallel token requests: {refreshes} refresh(es), {len(writes)} rotation write(s)")
+
+
+def assert_works(service, refresh_token: str) -> None:
+    tokens = refresh(service.app, service.client_secret, get_settings(), refresh_token, [IMAP_SCOPE])
+    assert tokens.access_token
