@@ -438,6 +438,9 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive; every response carries Content-Length
     server_version = "MailboxConnectLocalHost/1.0"
     timeout = 120  # idle keep-alive connections are closed after this many seconds
+    # Headers and body go out in two writes: with Nagle's algorithm the body waits for the client's delayed
+    # ACK of the headers, adding ~40 ms to every request on a reused (keep-alive) connection.
+    disable_nagle_algorithm = True
 
     def _dispatch(self) -> None:
         self.server.local_host.handle(self)
