@@ -487,7 +487,8 @@ class LocalHost:
 
     def start(self) -> "LocalHost":
         log.info("%s\nListening on %s (route prefix %r)", self.describe(), self.url, self.route_prefix)
-        self._thread = threading.Thread(target=self.httpd.serve_forever, name="localhost-http", daemon=True)
+        self._thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02},
+                                        name="localhost-http", daemon=True)  # stop() waits a poll: 0.5 s by default
         self._thread.start()
         return self
 
