@@ -24,6 +24,10 @@ Re-authentication
     mailbox the link also sets ``expectedEmail`` to the mailbox, so a different person cannot take the
     account over by picking another Microsoft account; a shared mailbox may be re-authorised by another
     delegate (the account is then re-bound to that delegate's credential).
+
+Webhooks
+    A deletion writes the ``accountDeleted`` event in the same transaction as the row deletion
+    (``shared.events``); a deletion that lost its ETag race writes nothing.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ import json
 import logging
 from typing import Any, Optional
 
-from shared import signin
+from shared import events, signin
 from shared.api_models import (
     AccountDeleted,
     AccountError,
@@ -167,7 +171,9 @@ def update_account(account_id: str, body: AccountUpdate) -> AccountInfo:
 def delete_account(account_id: str, settings: Settings) -> AccountDeleted:
     for _ in range(8):
         current = _get(account_id)
-        if accounts.delete_account(current):
+        deleted = [events.account_deleted(current)]  # written with the deletion, in one transaction
+        if accounts.delete_account(current, deleted):
+            events.publish(deleted)
             break
     else:
         raise ApiError(503, "unavailable", "the account is being changed concurrently; retry",
@@ -182,7 +188,11 @@ def delete_account(account_id: str, settings: Settings) -> AccountDeleted:
 
 
 def reauth_link(account_id: str, body: ReauthRequest, settings: Settings) -> FormResponse:
-    account = _get(account_id)
+    return reauth_link_for(_get(account_id), body.redirectUrl, body.expiresIn, settings)
+
+
+def reauth_link_for(account: Account, redirect_url: str, expires_in: Optional[int], settings: Settings) -> FormResponse:
+    """The re-authentication link of ``account`` (also put into ``authenticationError`` webhooks)."""
     app = app_table.get_app(account.appId)
     if app is None:
         raise ApiError(409, "app_unavailable", "the account's OAuth app was deleted; connect the mailbox again "
@@ -190,7 +200,7 @@ def reauth_link(account_id: str, body: ReauthRequest, settings: Settings) -> For
     if not app.enabled:
         raise ApiError(409, "app_disabled", f"the account's OAuth app {app.id!r} is disabled; enable it first")
     return build_link(
-        settings, redirect_url=body.redirectUrl, app_id=app.id, expires_in=body.expiresIn,
+        settings, redirect_url=redirect_url, app_id=app.id, expires_in=expires_in,
         account=account.account, name=account.name, email=account.email, delegated=account.delegated,
         expected_email=None if account.delegated else account.email,
         login_hint=account.signerUpn, domain_hint=account.signerTid,

@@ -303,3 +303,92 @@ class ReauthenticationRequiredBody(BaseModel):
     state: Literal["authenticationError"]
     errorCode: str
     errorDescription: str
+
+
+# --- webhooks (scope ``admin``; implemented in shared/webhooks.py) ----------------------------------------
+
+EventType = Literal["accountAdded", "authenticationSuccess", "authenticationError", "accountDeleted"]
+WEBHOOK_ID_PATTERN = r"^[a-z0-9]{1,40}$"
+DEAD_LETTER_ID_PATTERN = r"^[a-z0-9]{1,40}\.[0-9a-f]{28}$"
+
+
+class WebhookCreate(_Request):
+    url: str = Field(..., max_length=2048,
+                     description="https URL that receives the events (plain http only for localhost)")
+    events: list[EventType] = Field(default_factory=list, max_length=4,
+                                    description="The events to send; empty or left out: every event")
+    description: Optional[str] = Field(None, max_length=256)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        from shared.webhooks import check_webhook_url
+
+        return check_webhook_url(value)
+
+    @field_validator("events")
+    @classmethod
+    def _events(cls, value: list[str]) -> list[str]:
+        return list(dict.fromkeys(value))
+
+
+class WebhookInfo(BaseModel):
+    id: str
+    url: str
+    events: list[EventType] = Field(..., description="Empty: every event")
+    description: Optional[str] = None
+    source: Literal["api", "settings"] = Field(..., description="`settings`: from MC_WEBHOOK_URLS (read-only)")
+    created: Optional[datetime] = None
+
+
+class WebhookCreated(WebhookInfo):
+    secret: str = Field(..., description="The signing secret (HMAC-SHA256 key): shown once, kept in the secret store")
+
+
+class WebhookList(BaseModel):
+    webhooks: list[WebhookInfo]
+
+
+class WebhookDeleted(BaseModel):
+    id: str
+    deleted: bool = True
+
+
+class DeadLetter(BaseModel):
+    id: str = Field(..., description="`<webhook id>.<event id>`")
+    webhook: str
+    eventId: str
+    event: EventType
+    account: str
+    attempts: int
+    created: datetime = Field(..., description="When the event was handed to this webhook")
+    lastAttemptAt: Optional[datetime] = None
+    lastStatus: Optional[int] = Field(None, description="The receiver's last HTTP status; absent: not reached")
+    lastError: Optional[str] = None
+    deadAt: Optional[datetime] = None
+
+
+class DeadLetterList(BaseModel):
+    deadLetters: list[DeadLetter]
+
+
+class DeadLetterResent(BaseModel):
+    id: str
+    status: Literal["pending"] = "pending"
+    nextAttemptAt: datetime
+
+
+class DeadLetterDeleted(BaseModel):
+    id: str
+    deleted: bool = True
+
+
+class WebhookEvent(BaseModel):
+    """What a webhook receives (POST, application/json); see the README for the signature."""
+
+    id: str = Field(..., description="Event id: the same on every retry; dedupe on it")
+    serviceUrl: str
+    account: str
+    date: datetime
+    event: EventType
+    data: dict[str, Any]

@@ -39,6 +39,8 @@ _PATH_PARAMS = {
     "account": "The account id",
     "app": "The OAuth app id",
     "id": "The API token id",
+    "webhook": "The webhook id",
+    "deadletter": "The dead letter id (`<webhook id>.<event id>`)",
 }
 
 
@@ -105,6 +107,25 @@ OPERATIONS: tuple[Operation, ...] = (
     Operation("DELETE", "/v1/tokens/{id}", "revokeApiToken", "Revoke an API token", "tokens", "admin",
               m.ApiTokenDeleted, errors=(400, 404),
               description="Refused from the next request on."),
+    Operation("POST", "/v1/webhooks", "createWebhook", "Register a webhook (its secret is shown once)", "webhooks",
+              "admin", m.WebhookCreated, status=201, request=m.WebhookCreate, errors=(400, 413, 415),
+              description="Events are POSTed as JSON (see `webhooks` in this document), signed with "
+                          "`X-MC-Signature: v1=<hex HMAC-SHA256(secret, timestamp + \".\" + body)>` and "
+                          "`X-MC-Timestamp`; `X-MC-Event-Id` is the event id to dedupe on. Undelivered events "
+                          "are retried with exponential backoff for 24 hours, then kept as dead letters."),
+    Operation("GET", "/v1/webhooks", "listWebhooks", "List webhooks (API and settings)", "webhooks", "admin",
+              m.WebhookList),
+    Operation("DELETE", "/v1/webhooks/{webhook}", "deleteWebhook", "Delete a webhook", "webhooks", "admin",
+              m.WebhookDeleted, errors=(404, 409),
+              description="Its undelivered events and dead letters are dropped. 409 `configured_in_settings` for "
+                          "a webhook from `MC_WEBHOOK_URLS`."),
+    Operation("GET", "/v1/webhooks/deadletters", "listDeadLetters", "List events that could not be delivered",
+              "webhooks", "admin", m.DeadLetterList),
+    Operation("POST", "/v1/webhooks/deadletters/{deadletter}/resend", "resendDeadLetter",
+              "Send a dead letter again", "webhooks", "admin", m.DeadLetterResent, status=202, errors=(400, 404, 409),
+              description="Queued at once, with a new 24-hour retry window; same event id and body."),
+    Operation("DELETE", "/v1/webhooks/deadletters/{deadletter}", "discardDeadLetter", "Discard a dead letter",
+              "webhooks", "admin", m.DeadLetterDeleted, errors=(400, 404)),
     Operation("GET", "/v1/openapi.json", "getOpenApiDocument", "This document", "meta", None,
               raw_response={"description": "The OpenAPI 3.1 document",
                             "content": {"application/json": {"schema": {"type": "object"}}}}),
@@ -127,7 +148,7 @@ _HOSTED_QUERY = {
 
 
 def _schemas() -> tuple[dict[tuple[type[BaseModel], str], dict[str, Any]], dict[str, Any]]:
-    wanted: list[tuple[type[BaseModel], str]] = [(ErrorBody, "serialization")]
+    wanted: list[tuple[type[BaseModel], str]] = [(ErrorBody, "serialization"), (m.WebhookEvent, "serialization")]
     for op in OPERATIONS:
         if op.request:
             wanted.append((op.request, "validation"))
@@ -170,6 +191,30 @@ def _error(status: int, schema_ref: dict[str, Any]) -> dict[str, Any]:
     return response
 
 
+def _webhooks(refs: dict) -> dict[str, Any]:
+    """OpenAPI 3.1 ``webhooks``: what the service POSTs to a registered webhook."""
+    headers = [
+        ("X-MC-Event-Id", "The event id: the same on every retry; dedupe on it"),
+        ("X-MC-Event", "The event type"),
+        ("X-MC-Timestamp", "Unix seconds when this attempt was signed; reject if more than 5 minutes off"),
+        ("X-MC-Signature", "`v1=<hex HMAC-SHA256(secret, X-MC-Timestamp + \".\" + raw body)>`"),
+        ("X-MC-Attempt", "1 for the first attempt"),
+    ]
+    return {"lifecycleEvent": {"post": {
+        "operationId": "lifecycleEvent",
+        "summary": "An account was added, signed in, lost its credential, or was deleted",
+        "description": "Answer 2xx within 10 seconds. Anything else is retried with exponential backoff (10 s "
+                       "doubling up to 1 hour) for 24 hours; then the event is a dead letter "
+                       "(`GET /v1/webhooks/deadletters`). Delivery is at least once: dedupe by `id`.",
+        "parameters": [{"name": n, "in": "header", "required": True, "description": d, "schema": {"type": "string"}}
+                       for n, d in headers],
+        "requestBody": {"required": True, "content": {"application/json": {
+            "schema": refs[(m.WebhookEvent, "serialization")]}}},
+        "responses": {"200": {"description": "Received (any 2xx)"}},
+        "security": [],
+    }}}
+
+
 @lru_cache(maxsize=4)
 def _document(server_url: str) -> dict[str, Any]:
     refs, schemas = _schemas()
@@ -196,7 +241,7 @@ def _document(server_url: str) -> dict[str, Any]:
         if op.raw_response is not None:
             success = op.raw_response
         else:
-            success = {"description": "OK" if op.status == 200 else "Created",
+            success = {"description": {200: "OK", 201: "Created", 202: "Accepted"}[op.status],
                        "content": {"application/json": {"schema": refs[(op.response, "serialization")]}}}
         responses: dict[str, Any] = {str(302 if op.tag == "hosted" else op.status): success}
         statuses = set(op.errors) | ({401, 403, 503} if op.scope else set())
@@ -220,6 +265,7 @@ def _document(server_url: str) -> dict[str, Any]:
                            "except this document; errors are `{\"error\", \"message\", \"field\"?}`.",
         },
         "servers": [{"url": server_url}],
+        "webhooks": _webhooks(refs),
         "tags": [{"name": t} for t in dict.fromkeys(op.tag for op in OPERATIONS)],
         "security": [{"bearerAuth": []}],
         "paths": paths,

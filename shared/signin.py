@@ -8,6 +8,12 @@ Before the first write, the mailbox access check (``shared.access_check``, ``MC_
 mailbox with the access token just obtained; when the mailbox refuses the signer, nothing is written and
 the app gets ``error=mailbox_access_denied`` or ``mailbox_not_found``. After the commit, the other
 accounts of the same credential are flipped back to ``connected`` (the refresh token works again).
+
+Webhook events (``shared.events``): the account row is written together with ``accountAdded`` and
+``authenticationSuccess`` (new account) or ``authenticationSuccess`` (existing) in one transaction; the
+accounts flipped back to ``connected`` get ``authenticationSuccess`` with ``reason: credentialRepaired``.
+The account's ``meta.redirectUrl`` keeps the link's redirectUrl, for the re-authentication link of a
+later ``authenticationError`` webhook (unless ``MC_REAUTH_REDIRECT_URL`` is set).
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Optional
 
-from shared import linkcodec
+from shared import events, linkcodec
 from shared.access_check import DENIED, NOT_FOUND, OK, check_mailbox_access
 from shared.clouds import scopes_for
 from shared.errors import ApiError
@@ -33,7 +39,7 @@ from shared.redirects import with_query
 from shared.secrets import SecretStoreUnavailable, get_secret_store
 from shared.settings import Settings
 from shared.tables import accounts, apps, flows, links, principals
-from shared.tables.accounts import Account
+from shared.tables.accounts import AUTH_ERROR, Account
 from shared.tables.flows import PendingFlow
 from shared.tables.principals import Credential
 from shared.tables.records import utcnow
@@ -216,7 +222,9 @@ def _finish(pending: PendingFlow, link: LinkData, params: dict[str, str], settin
         state, previous = _commit_account(Account(
             account=account_id, email=mailbox, name=link.name or claims.get("name"), delegated=link.delegated,
             appId=app.id, credentialId=cred_id, signerUpn=upn, signerTid=tid, signerOid=oid,
-            signerName=claims.get("name"), meta={**link.meta, "accessCheck": access}, created=now, updated=now,
+            signerName=claims.get("name"), created=now, updated=now,
+            # redirectUrl: where a re-authentication link of an authenticationError webhook sends the user
+            meta={**link.meta, "accessCheck": access, "redirectUrl": link.redirectUrl},
         ))
     except SecretStoreUnavailable:
         links.release(link.nonce)
@@ -293,9 +301,15 @@ def _store_credential(app_id: str, cred_id: str, tid: str, oid: str, upn: str, n
 
 
 def _commit_account(account: Account) -> tuple[str, Optional[Account]]:
-    """Insert, or replace the existing row under its ETag; retried when a concurrent write wins."""
+    """Insert, or replace the existing row under its ETag; retried when a concurrent write wins.
+
+    The sign-in's events (``accountAdded`` + ``authenticationSuccess``, or ``authenticationSuccess``) are
+    written in the same transaction as the row (``shared.events``), then published.
+    """
     for _ in range(8):
-        if accounts.insert_account(account):
+        added = [events.account_added(account), events.authentication_success(account, reason="signIn", state="new")]
+        if accounts.insert_account(account, added):
+            events.publish(added)
             return "new", None
         current = accounts.get_account(account.account)
         if current is None:
@@ -306,7 +320,10 @@ def _commit_account(account: Account) -> tuple[str, Optional[Account]]:
             "meta": {**current.meta, **account.meta},
         })
         merged.etag = current.etag
-        if accounts.replace_account(merged):
+        signed_in = [events.authentication_success(merged, reason="signIn", state="existing",
+                                                   repaired=current.state == AUTH_ERROR)]
+        if accounts.replace_account(merged, signed_in):
+            events.publish(signed_in)
             return "existing", current
     raise ApiError(503, "unavailable", "the account is being changed concurrently; retry")
 

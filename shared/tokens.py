@@ -46,6 +46,12 @@ Accounts already in ``authenticationError``
     in-memory access-token cache is not used for such an account. A success flips every account of the
     credential back to ``connected`` (:func:`mark_connected`, which the sign-in calls too).
 
+Webhooks and the keep-alive
+    A change of an account's state writes its webhook event in the same transaction as the row
+    (``shared.events``): into ``authenticationError`` (once, not on every failed refresh) and back to
+    ``connected`` (``authenticationSuccess``, ``reason: credentialRepaired``). :func:`keep_alive` is the
+    hand-off's refresh for a credential nobody used lately (``shared.keepalive``), with a mandatory rotation.
+
 Other answers
     Unknown account: 404 ``not_found``; a malformed id: 400. Transient failures (Microsoft 5xx or
     unreachable, secret store throttled or unavailable, Table Storage transient) answer 503 with
@@ -68,7 +74,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Iterator, Optional
 from urllib.parse import quote, urlsplit
 
-from shared import identity
+from shared import events, identity
 from shared.api_models import GraphSettings, ImapSettings, OAuthTokenResponse, SmtpSettings
 from shared.clouds import CLOUDS, RESERVED_SCOPES, scopes_for
 from shared.errors import ApiError, unavailable
@@ -80,6 +86,7 @@ from shared.settings import Settings
 from shared.tables import accounts, apps, principals
 from shared.tables.accounts import AUTH_ERROR, CONNECTED, Account
 from shared.tables.apps import OAuthApp
+from shared.tables.outbox import EventRow
 from shared.tables.principals import Credential
 from shared.tables.records import utcnow
 
@@ -265,6 +272,35 @@ def hand_off(account_id: str, settings: Settings) -> OAuthTokenResponse:
     return _response(account, app, token, settings)
 
 
+def keep_alive(credential: Credential, settings: Settings) -> str:
+    """Refresh one credential nobody used lately and store the new refresh token (``shared.keepalive``).
+
+    The same path as a token request of one of its accounts (lock, refresh, rotation, marking), with the
+    rotation write mandatory: its failure raises. Returns ``refreshed``, ``no_account`` (no account uses
+    the credential) or ``app_missing``; raises ``ReauthenticationRequired`` (the accounts are marked and
+    their ``authenticationError`` webhook produced, on the transition), ``TokenRefused``, ``ApiError`` 503
+    (Microsoft unavailable) or ``SecretStoreUnavailable``.
+    """
+    account = None
+    for account_id in principals.account_ids(credential.credentialId):
+        candidate = accounts.get_account(account_id)
+        if candidate is not None and candidate.credentialId == credential.credentialId:
+            account = candidate
+            break
+    if account is None:
+        return "no_account"
+    app = apps.get_app(account.appId)
+    if app is None:
+        return "app_missing"
+    scopes = token_scopes(app, account)
+    with _locks.hold(credential.credentialId, LOCK_WAIT):
+        token = _refresh(account, app, scopes, settings, strict_rotation=True)
+        _remember((credential.credentialId, frozenset(scopes)), token, time.time())
+    if account.state != CONNECTED:
+        mark_connected(credential.credentialId)
+    return "refreshed"
+
+
 def token_scopes(app: OAuthApp, account: Account) -> list[str]:
     """The scopes to ask for this account's access token: the app's, of one resource."""
     scopes = scopes_for(app.cloud, app.baseScopes, delegated=account.delegated, extra=tuple(app.extraScopes))
@@ -280,8 +316,12 @@ def _resource(scope: str, graph: str) -> str:
     return f"{split.scheme}://{split.netloc}".lower()
 
 
-def _refresh(account: Account, app: OAuthApp, scopes: list[str], settings: Settings) -> _Cached:
-    """Redeem the stored refresh token (under the credential's lock); rotate it when due."""
+def _refresh(account: Account, app: OAuthApp, scopes: list[str], settings: Settings, *,
+             strict_rotation: bool = False) -> _Cached:
+    """Redeem the stored refresh token (under the credential's lock); rotate it when due.
+
+    ``strict_rotation`` (the keep-alive): a failed rotation write raises instead of being logged.
+    """
     cred_id = account.credentialId
     for attempt in range(2):
         credential = principals.get_credential(cred_id)
@@ -310,7 +350,7 @@ def _refresh(account: Account, app: OAuthApp, scopes: list[str], settings: Setti
                 continue  # a sign-in stored a new refresh token meanwhile: try that one
             raise _reauthentication(account, cred_id, credential.etag, exc.code, exc.description) from None
         if tokens.refresh_token:
-            _rotate(credential, tokens.refresh_token, tokens.scopes, settings)
+            _rotate(credential, tokens.refresh_token, tokens.scopes, settings, strict=strict_rotation)
         granted = tuple(tokens.scopes) or tuple(scopes)
         return _Cached(tokens.access_token, started + tokens.expires_in, granted)
     raise AssertionError("unreachable")  # pragma: no cover
@@ -360,7 +400,8 @@ def rotation_due(credential: Credential, granted: list[str], now: Optional[datet
     return bool(_resource_scopes(granted) - _resource_scopes(credential.scopes))
 
 
-def _rotate(credential: Credential, refresh_token: str, granted: list[str], settings: Settings) -> None:
+def _rotate(credential: Credential, refresh_token: str, granted: list[str], settings: Settings, *,
+            strict: bool = False) -> None:
     if not rotation_due(credential, granted):
         return
     try:
@@ -370,11 +411,14 @@ def _rotate(credential: Credential, refresh_token: str, granted: list[str], sett
         get_secret_store(settings).set(current.secretName, refresh_token)
         known = {_scope_key(s) for s in current.scopes}
         scopes = list(current.scopes) + [s for s in granted if _scope_key(s) not in known]
-        principals.upsert_credential(current.model_copy(update={"tokenWrittenAt": utcnow(), "scopes": scopes}))
+        principals.upsert_credential(current.model_copy(update={
+            "tokenWrittenAt": utcnow(), "scopes": scopes, "keepAliveError": None, "keepAliveAt": None}))
         log.info("stored the newest refresh token of credential %s", credential.credentialId)
     except Exception as exc:  # noqa: BLE001 - the stored token stays valid; the next refresh writes again
         log.warning("could not store the newest refresh token of credential %s: %s",
                     credential.credentialId, type(exc).__name__)
+        if strict:
+            raise
 
 
 # --- account state ------------------------------------------------------------------------------------
@@ -393,8 +437,13 @@ def mark_reauthentication_required(credential_id: str, code: str, description: s
             "updated": now,
         })
 
-    ids = dict.fromkeys([*principals.account_ids(credential_id), *also])
-    return sum(_update(account_id, credential_id, change) for account_id in ids)
+    ids = list(dict.fromkeys([*principals.account_ids(credential_id), *also]))
+
+    def event(before: Account, after: Account) -> Optional[EventRow]:
+        # Once per account, on the transition: a credential failing again and again sends nothing new.
+        return None if before.state == AUTH_ERROR else events.authentication_error(after, code, description, ids)
+
+    return sum(_update(account_id, credential_id, change, event) for account_id in ids)
 
 
 def mark_connected(credential_id: str) -> int:
@@ -414,15 +463,24 @@ def mark_connected(credential_id: str) -> int:
         return account.model_copy(update={"state": CONNECTED, "errorCode": None, "errorDescription": None,
                                           "errorAt": None, "updated": now})
 
+    def event(before: Account, after: Account) -> EventRow:
+        return events.authentication_success(after, reason="credentialRepaired", repaired=True)
+
     try:
-        return sum(_update(account_id, credential_id, change) for account_id in principals.account_ids(credential_id))
+        return sum(_update(account_id, credential_id, change, event)
+                   for account_id in principals.account_ids(credential_id))
     except Exception as exc:  # noqa: BLE001 - see the docstring
         log.warning("could not mark the accounts of credential %s connected: %s", credential_id, type(exc).__name__)
         return 0
 
 
-def _update(account_id: str, credential_id: str, change: Callable[[Account], Optional[Account]]) -> bool:
-    """Apply ``change`` to the account row under its ETag, re-reading on conflict; False when unchanged."""
+def _update(account_id: str, credential_id: str, change: Callable[[Account], Optional[Account]],
+            event: Optional[Callable[[Account, Account], Optional[EventRow]]] = None) -> bool:
+    """Apply ``change`` to the account row under its ETag, re-reading on conflict; False when unchanged.
+
+    ``event(before, after)`` may return the webhook event of the change: it is written in the same
+    transaction as the row (``shared.events``) and published after it.
+    """
     for _ in range(8):
         account = accounts.get_account(account_id)
         if account is None or account.credentialId != credential_id:
@@ -431,7 +489,9 @@ def _update(account_id: str, credential_id: str, change: Callable[[Account], Opt
         if updated is None:
             return False
         updated.etag = account.etag
-        if accounts.replace_account(updated):
+        produced = [e for e in [event(account, updated) if event else None] if e is not None]
+        if accounts.replace_account(updated, produced):
+            events.publish(produced)
             return True
     log.warning("account %s kept changing; its state was not updated", account_id)
     return False

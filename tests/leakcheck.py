@@ -26,7 +26,8 @@ such as ``"0000..."`` would match anything). Each secret is searched whole and, 
 24-character slice at each end of its random part (a truncated token in a log line is still a leak).
 
 Allowed by design, and only there: an API token in the answer of ``POST /v1/tokens`` (shown once); an access
-token in the answer of ``GET /v1/account/{account}/oauth-token`` (the hand-off). The ``create-token`` CLI
+token in the answer of ``GET /v1/account/{account}/oauth-token`` (the hand-off); a webhook's signing secret
+(a secret-store value) in the answer of ``POST /v1/webhooks`` (shown once). The ``create-token`` CLI
 prints its token to stdout, which is not captured here (it is neither a log record nor a response).
 
 A leak does not fail the test that caused it (its teardown has already run); it is reported at the end of
@@ -60,6 +61,7 @@ LOCAL_SECRET_KEY = "local secret-store key (MC_LOCAL_SECRET_KEY)"
 _ENV_SECRETS = {"MC_SIGNING_KEY": SIGNING_KEY, "MC_LOCAL_SECRET_KEY": LOCAL_SECRET_KEY}
 _HAND_OFF = re.compile(r"^/v1/account/[^/]+/oauth-token/?$", re.IGNORECASE)
 _MINT = re.compile(r"^/v1/tokens/?$", re.IGNORECASE)
+_WEBHOOK_CREATE = re.compile(r"^/v1/webhooks/?$", re.IGNORECASE)  # its signing secret, shown once
 _KNOWN_PREFIXES = ("1.A", "mc_")  # fixed prefixes of fake refresh tokens and API tokens: not random
 
 
@@ -72,6 +74,8 @@ def allowed_kinds(method: str, target: str) -> frozenset[str]:
         return frozenset({ACCESS_TOKEN})
     if method.upper() == "POST" and _MINT.match(path):
         return frozenset({API_TOKEN})
+    if method.upper() == "POST" and _WEBHOOK_CREATE.match(path):
+        return frozenset({STORED_SECRET})
     return frozenset()
 
 

@@ -125,6 +125,23 @@ def parallel(req: func.HttpRequest) -> func.HttpResponse:
     return _json({"thread": threading.current_thread().name})
 
 
+# Timer runs: (function name, past_due, thread name); test_localhost reads and clears it.
+TIMER_RUNS: list[tuple[str, bool, str]] = []
+TICKED = threading.Event()
+
+
 @app.timer_trigger(schedule="0 */5 * * * *", arg_name="timer", run_on_startup=False)
 def cleanup(timer: func.TimerRequest) -> None:
+    TIMER_RUNS.append(("cleanup", timer.past_due, threading.current_thread().name))
+
+
+@app.timer_trigger(schedule="* * * * * *", arg_name="tick", run_on_startup=True)
+async def ticker(tick: func.TimerRequest) -> str:
+    TIMER_RUNS.append(("ticker", tick.past_due, threading.current_thread().name))
+    TICKED.set()
+    return "ticked"
+
+
+@app.queue_trigger(arg_name="message", queue_name="jobs", connection="AzureWebJobsStorage")
+def jobs(message: func.QueueMessage) -> None:
     pass

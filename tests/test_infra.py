@@ -55,6 +55,7 @@ LOCAL_ONLY_SETTINGS = {
     "MC_GRAPH_URL": "override of the Graph URL for tests and the sandbox only",
     "MC_IMAP_HOST": "override of the IMAP host of the sign-in's mailbox access check, tests and the sandbox only",
     "MC_CA_BUNDLE": "extra CA bundle for the local fakes only",
+    "MC_WEBHOOK_SECRET": "in Azure the MC_WEBHOOK_URLS signing key is Key Vault secret mc-webhook-secret",
 }
 # Settings model fields that are not read from a setting (computed by load_settings).
 DERIVED_FIELDS = {"in_azure": "set from the WEBSITE_* markers the platform sets"}

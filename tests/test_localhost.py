@@ -191,9 +191,62 @@ def test_twenty_parallel_requests(server):
     assert statuses == [200] * 20
 
 
-def test_non_http_functions_are_listed_not_served(server):
-    assert server.not_served == [("cleanup", "timerTrigger")]
-    assert "cleanup: timerTrigger (not served by the local host)" in server.describe()
+def test_non_http_functions_other_than_timers_are_listed_not_served(server):
+    assert server.not_served == [("jobs", "queueTrigger")]
+    assert "jobs: queueTrigger (not served by the local host)" in server.describe()
+    # start() without timers=True: timers are listed, and run only when a test says so
+    assert "cleanup: timerTrigger [0 */5 * * * *] (not scheduled: run_timer())" in server.describe()
+
+
+def test_run_timer_runs_a_timer_function_now_in_the_callers_thread(server):
+    sample_app.TIMER_RUNS.clear()
+    assert server.run_timer("cleanup") is None
+    assert server.run_timer("ticker", past_due=True) == "ticked"  # async: on the host's event loop
+    assert [(n, p) for n, p, _ in sample_app.TIMER_RUNS] == [("cleanup", False), ("ticker", True)]
+    assert sample_app.TIMER_RUNS[0][2] == threading.current_thread().name
+    with pytest.raises(KeyError):
+        server.run_timer("missing")
+
+
+def test_timers_run_on_their_schedule_when_asked():
+    sample_app.TIMER_RUNS.clear()
+    sample_app.TICKED.clear()
+    with serve(sample_app.app, port=0, route_prefix="").start(timers=True) as srv:
+        assert "ticker: timerTrigger [* * * * * *] (run on its schedule)" in srv.describe()
+        assert sample_app.TICKED.wait(10), "run_on_startup / the every-second schedule never ran"
+        sample_app.TICKED.clear()
+        assert sample_app.TICKED.wait(10), "the every-second schedule did not run again"
+    runs = list(sample_app.TIMER_RUNS)
+    assert {n for n, _, _ in runs} == {"ticker"}  # cleanup's next occurrence is minutes away
+    assert len(runs) >= 2
+    assert all(thread.startswith("localhost-asyncio") for _, _, thread in runs)
+
+
+@pytest.mark.parametrize("expression, after, expected", [
+    ("*/10 * * * * *", "2025-01-01T00:00:05", "2025-01-01T00:00:10"),
+    ("0 */5 * * * *", "2025-01-01T00:04:59", "2025-01-01T00:05:00"),
+    ("0 17 * * * *", "2025-01-01T00:17:00", "2025-01-01T01:17:00"),
+    ("30 */10 * * * *", "2025-01-01T23:59:59", "2025-01-02T00:00:30"),
+    ("0 30 9 * * 1-5", "2025-01-03T10:00:00", "2025-01-06T09:30:00"),  # Friday -> Monday
+    ("0 0 0 29 Feb *", "2025-03-01T00:00:00", "2028-02-29T00:00:00"),
+    ("0 0 12 * * sun", "2025-01-01T00:00:00", "2025-01-05T12:00:00"),
+    ("0 0,30 8-9 * * *", "2025-01-01T08:30:00", "2025-01-01T09:00:00"),
+])
+def test_ncrontab_schedules(expression, after, expected):
+    from datetime import datetime, timezone
+
+    from tools.localhost import Schedule
+
+    start = datetime.fromisoformat(after).replace(tzinfo=timezone.utc)
+    assert Schedule(expression).next_after(start) == datetime.fromisoformat(expected).replace(tzinfo=timezone.utc)
+
+
+@pytest.mark.parametrize("expression", ["* * * * *", "60 * * * * *", "0 0 0 31 2 *", "*/0 * * * * *", "x * * * * *"])
+def test_bad_schedules_are_refused(expression):
+    from tools.localhost import Schedule
+
+    with pytest.raises(ValueError):
+        Schedule(expression).next_after(__import__("datetime").datetime(2025, 1, 1))
 
 
 def test_route_prefix_from_host_json(tmp_path):
@@ -238,7 +291,7 @@ def test_main_serves_function_app_from_the_current_directory(tmp_path):
             seen.append(line)
             if m := re.search(r"Listening on (http://\S+)", line):
                 url = m.group(1)
-        assert any("cleanup: timerTrigger (not served by the local host)" in line for line in seen)
+        assert any("cleanup: timerTrigger [0 */5 * * * *] (run on its schedule)" in line for line in seen)
         with session() as s:
             assert s.get(f"{url}/v1/account/from-main").json()["account"] == "from-main"
     finally:

@@ -44,7 +44,16 @@ what works here works in Azure. The parts that are easy to get wrong:
   does not enforce them locally either).
 
 Sync functions run in the request's thread (``ThreadingHTTPServer``), async ones on one shared event
-loop thread, like the worker. Non-HTTP functions (timers, queues, ...) are listed at start-up as not
+loop thread, like the worker.
+
+**Timer functions** run on their NCRONTAB schedule (six fields, seconds first: ``*/10 * * * * *``; lists,
+ranges, steps and month/day names; day-of-month and day-of-week must both match; UTC, as in Azure
+unless ``WEBSITE_TIME_ZONE`` is set) when the host serves with timers on: ``serve_forever()`` (``main``,
+``make run``) does, ``start()`` does only with ``start(timers=True)``, so tests decide when a timer runs:
+``server.run_timer("name")`` runs one now, in the caller's thread, and raises what the function raised.
+As in the real host, one timer never runs twice at once (a tick that finds it still running is skipped
+and the next run gets ``past_due``), ``run_on_startup`` runs it once at start, and a failure is logged
+and does not stop the schedule. Other non-HTTP functions (queues, ...) are listed at start-up as not
 served.
 """
 
@@ -72,6 +81,7 @@ from urllib.parse import parse_qsl, quote, unquote, urlsplit
 import azure.functions as func
 from azure.functions.decorators.function_app import FunctionRegister
 from azure.functions.decorators.http import HttpTrigger
+from azure.functions.decorators.timer import TimerTrigger
 
 log = logging.getLogger("localhost")
 
@@ -326,6 +336,125 @@ def collect_functions(app: FunctionRegister, route_prefix: str) -> tuple[list[Ro
     return routes, others
 
 
+# --------------------------------------------------------------------------- timers
+
+
+_CRON_FIELDS = (  # name, low, high, names
+    ("second", 0, 59, ()), ("minute", 0, 59, ()), ("hour", 0, 23, ()), ("day", 1, 31, ()),
+    ("month", 1, 12, ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")),
+    ("weekday", 0, 6, ("sun", "mon", "tue", "wed", "thu", "fri", "sat")),
+)
+
+
+class Schedule:
+    """An NCRONTAB expression (``{second} {minute} {hour} {day} {month} {day-of-week}``) of a timer trigger."""
+
+    def __init__(self, expression: str) -> None:
+        self.expression = expression
+        parts = expression.split()
+        if len(parts) != 6:
+            raise ValueError(f"timer schedule {expression!r}: expected six fields (seconds first)")
+        self.sets = [self._field(text, *spec) for text, spec in zip(parts, _CRON_FIELDS)]
+
+    @staticmethod
+    def _field(text: str, name: str, low: int, high: int, names: tuple[str, ...]) -> frozenset[int]:
+        def value(token: str) -> int:
+            token = token.lower()
+            if token in names:
+                return names.index(token) + (low if name == "month" else 0)
+            number = int(token)
+            if name == "weekday" and number == 7:
+                number = 0  # Sunday, as in cron
+            if not low <= number <= high:
+                raise ValueError(f"{name} {number} is out of range {low}-{high}")
+            return number
+
+        found: set[int] = set()
+        for item in text.split(","):
+            base, _, step_text = item.partition("/")
+            step = int(step_text) if step_text else 1
+            if step < 1:
+                raise ValueError(f"step {step} in {text!r}")
+            if base == "*":
+                first, last = low, high
+            elif "-" in base:
+                a, b = base.split("-", 1)
+                first, last = value(a), value(b)
+            else:
+                first = value(base)
+                last = high if step_text else first
+            found.update(range(first, last + 1, step))
+        return frozenset(found)
+
+    def matches(self, when: datetime) -> bool:
+        second, minute, hour, day, month, weekday = self.sets
+        return (when.second in second and when.minute in minute and when.hour in hour and when.day in day
+                and when.month in month and (when.weekday() + 1) % 7 in weekday)
+
+    def next_after(self, when: datetime) -> datetime:
+        """The first matching second after ``when`` (a whole second; within the next five years)."""
+        from datetime import timedelta
+
+        t = when.replace(microsecond=0) + timedelta(seconds=1)
+        second, minute, hour, day, month, weekday = self.sets
+        limit = t + timedelta(days=5 * 366)
+        while t < limit:
+            if t.month not in month:
+                t = (t.replace(day=1, hour=0, minute=0, second=0) + timedelta(days=32)).replace(day=1)
+            elif t.day not in day or (t.weekday() + 1) % 7 not in weekday:
+                t = t.replace(hour=0, minute=0, second=0) + timedelta(days=1)
+            elif t.hour not in hour:
+                t = t.replace(minute=0, second=0) + timedelta(hours=1)
+            elif t.minute not in minute:
+                t = t.replace(second=0) + timedelta(minutes=1)
+            elif t.second not in second:
+                t += timedelta(seconds=1)
+            else:
+                return t
+        raise ValueError(f"timer schedule {self.expression!r} never fires")
+
+
+@dataclass
+class Timer:
+    function_name: str
+    schedule: Schedule
+    arg_name: str
+    run_on_startup: bool
+    user_function: Callable[..., Any] = field(repr=False)
+    wants_context: bool = False
+    running: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    missed: bool = False  # a tick found it running: the next run is past due
+
+
+class _TimerRequest(func.TimerRequest):
+    """The ``timer`` argument the worker passes to a timer function."""
+
+    def __init__(self, past_due: bool = False) -> None:
+        self._past_due = past_due
+
+    @property
+    def past_due(self) -> bool:
+        return self._past_due
+
+
+def collect_timers(app: FunctionRegister) -> dict[str, Timer]:
+    """The app's timer functions by name (schedules parsed: a bad one fails here, as in the host)."""
+    app.functions_bindings = None  # see collect_functions
+    timers: dict[str, Timer] = {}
+    for function in app.get_functions():
+        trigger = function.get_trigger()
+        if not isinstance(trigger, TimerTrigger):
+            continue
+        name = function.get_function_name()
+        user_function = function.get_user_function()
+        signature = inspect.signature(user_function).parameters
+        if trigger.name not in signature:
+            raise ValueError(f"{name}: the timer trigger's parameter {trigger.name!r} is not in the function's signature")
+        timers[name] = Timer(name, Schedule(trigger.schedule), trigger.name, bool(trigger.run_on_startup),
+                             user_function, wants_context="context" in signature)
+    return timers
+
+
 # --------------------------------------------------------------------------- request / response mapping
 
 
@@ -463,7 +592,11 @@ class LocalHost:
     ) -> None:
         self.project_root = str(Path(project_root).resolve())
         self.route_prefix = read_route_prefix(project_root) if route_prefix is None else route_prefix.strip("/")
-        self.routes, self.not_served = collect_functions(app, self.route_prefix)
+        self.routes, others = collect_functions(app, self.route_prefix)
+        self.timers = collect_timers(app)
+        self.not_served = [(name, trigger) for name, trigger in others if name not in self.timers]
+        self._timer_stop = threading.Event()
+        self._timer_thread: threading.Thread | None = None
         self.httpd = _Server((host, port), _Handler)
         self.httpd.local_host = self
         self.host, self.port = host, self.httpd.server_address[1]
@@ -481,22 +614,101 @@ class LocalHost:
             methods = ",".join(sorted(r.methods)) if r.methods else "ALL"
             auth = "" if r.auth_level.lower() == "anonymous" else f"  (authLevel {r.auth_level}: not enforced)"
             lines.append(f"    {r.function_name}: [{methods}] {self.url}/{r.template}{auth}")
+        for name, timer in sorted(self.timers.items()):
+            how = "run on its schedule" if self._timer_thread is not None else "not scheduled: run_timer()"
+            lines.append(f"    {name}: timerTrigger [{timer.schedule.expression}] ({how})")
         for name, trigger in self.not_served:
             lines.append(f"    {name}: {trigger} (not served by the local host)")
         return "\n".join(lines)
 
-    def start(self) -> "LocalHost":
+    def start(self, timers: bool = False) -> "LocalHost":
+        """Serve in a background thread; ``timers``: also run the timer functions on their schedules."""
+        if timers:
+            self.start_timers()
         log.info("%s\nListening on %s (route prefix %r)", self.describe(), self.url, self.route_prefix)
         self._thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02},
                                         name="localhost-http", daemon=True)  # stop() waits a poll: 0.5 s by default
         self._thread.start()
         return self
 
-    def serve_forever(self) -> None:
+    def serve_forever(self, timers: bool = True) -> None:
+        if timers:
+            self.start_timers()
         log.info("%s\nListening on %s (route prefix %r)", self.describe(), self.url, self.route_prefix)
         self.httpd.serve_forever()
 
+    # -- timers
+
+    def run_timer(self, name: str, past_due: bool = False) -> Any:
+        """Run timer function ``name`` now, in this thread; its exception propagates. Waits while a
+        scheduled run of the same timer is in progress (a timer never runs twice at once)."""
+        timer = self.timers[name]
+        with timer.running:
+            return self._invoke_timer(timer, past_due)
+
+    def _invoke_timer(self, timer: Timer, past_due: bool) -> Any:
+        kwargs: dict[str, Any] = {timer.arg_name: _TimerRequest(past_due)}
+        if timer.wants_context:
+            kwargs["context"] = _Context(timer.function_name, self.project_root)
+        result = timer.user_function(**kwargs)
+        if inspect.isawaitable(result):
+            result = asyncio.run_coroutine_threadsafe(_await(result), self._loop).result()
+        return result
+
+    def start_timers(self) -> None:
+        if self._timer_thread is not None or not self.timers:
+            return
+        self._timer_stop.clear()
+        self._timer_thread = threading.Thread(target=self._schedule_timers, name="localhost-timers", daemon=True)
+        self._timer_thread.start()
+
+    def _schedule_timers(self) -> None:
+        now = datetime.now(timezone.utc)
+        upcoming = {name: t.schedule.next_after(now) for name, t in self.timers.items()}
+        for timer in self.timers.values():
+            if timer.run_on_startup:
+                self._fire(timer)
+        while not self._timer_stop.is_set():
+            name = min(upcoming, key=upcoming.__getitem__)
+            wait = (upcoming[name] - datetime.now(timezone.utc)).total_seconds()
+            if wait > 0 and self._timer_stop.wait(min(wait, 60.0)):
+                return
+            if wait > 60.0:
+                continue  # re-check after a long wait (clock changes)
+            self._fire(self.timers[name])
+            upcoming[name] = self.timers[name].schedule.next_after(max(upcoming[name], datetime.now(timezone.utc)))
+
+    def _fire(self, timer: Timer) -> None:
+        """Start one scheduled run in its own thread, unless the previous one is still running."""
+        if not timer.running.acquire(blocking=False):
+            timer.missed = True
+            log.warning("timer %s: still running; this occurrence is skipped", timer.function_name)
+            return
+
+        def run() -> None:
+            started = time.monotonic()
+            past_due, timer.missed = timer.missed, False
+            try:
+                self._invoke_timer(timer, past_due)
+                log.debug("Executed '%s' (Succeeded, %.0f ms)", timer.function_name, (time.monotonic() - started) * 1000)
+            except Exception:  # noqa: BLE001 - as the host: logged, and the schedule goes on
+                log.exception("Executed '%s' (Failed)", timer.function_name)
+            finally:
+                timer.running.release()
+
+        threading.Thread(target=run, name=f"timer-{timer.function_name}", daemon=True).start()
+
+    def stop_timers(self) -> None:
+        self._timer_stop.set()
+        if self._timer_thread is not None:
+            self._timer_thread.join()
+            self._timer_thread = None
+        for timer in self.timers.values():  # let a run in progress finish
+            with timer.running:
+                pass
+
     def stop(self) -> None:
+        self.stop_timers()
         if self._thread is not None:
             self.httpd.shutdown()
             self._thread.join()
@@ -509,7 +721,7 @@ class LocalHost:
             self._loop.close()
 
     def __enter__(self) -> "LocalHost":
-        return self.start()
+        return self if self._thread is not None else self.start()  # already started: serve(...).start(...)
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
@@ -629,6 +841,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=7071, help="0 picks a free port (logged at start-up)")
     parser.add_argument("--app", default="function_app", help="module holding the FunctionApp")
+    parser.add_argument("--no-timers", action="store_true", help="do not run timer functions on their schedules")
     args = parser.parse_args(argv)
     configure_logging()
     root = Path.cwd()
@@ -636,7 +849,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.path.insert(0, str(root))
     server = serve(load_function_app(args.app), args.host, args.port, project_root=root)
     try:
-        server.serve_forever()
+        server.serve_forever(timers=not args.no_timers)
     except KeyboardInterrupt:
         log.info("Stopping")
     finally:

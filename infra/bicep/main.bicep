@@ -64,6 +64,22 @@ param flowTtlSeconds int = 900
 ])
 param accessCheck string = 'on'
 
+@description('Comma-separated URLs that receive every webhook event (MC_WEBHOOK_URLS), signed with Key Vault secret mc-webhook-secret. Empty: only webhooks registered through /v1/webhooks.')
+param webhookUrls string = ''
+
+@description('redirectUrl of the re-authentication link in authenticationError webhooks (MC_REAUTH_REDIRECT_URL). Empty: the account\'s last sign-in redirectUrl.')
+param reauthRedirectUrl string = ''
+
+@description('Refresh credentials whose refresh token was written more than this many days ago (MC_KEEPALIVE_DAYS; Microsoft expires them after 90 idle days).')
+@minValue(1)
+@maxValue(80)
+param keepaliveDays int = 30
+
+@description('Most credentials the hourly keep-alive refreshes per run (MC_KEEPALIVE_MAX_PER_RUN; each is a Key Vault write). 0 disables it.')
+@minValue(0)
+@maxValue(10000)
+param keepaliveMaxPerRun int = 50
+
 @description('Most instances the Flex Consumption plan may scale out to.')
 @minValue(1)
 @maxValue(1000)
@@ -166,6 +182,10 @@ module functionApp 'modules/function-app.bicep' = {
     linkMaxTtlSeconds: linkMaxTtlSeconds
     flowTtlSeconds: flowTtlSeconds
     accessCheck: accessCheck
+    webhookUrls: webhookUrls
+    reauthRedirectUrl: reauthRedirectUrl
+    keepaliveDays: keepaliveDays
+    keepaliveMaxPerRun: keepaliveMaxPerRun
     maximumInstanceCount: maximumInstanceCount
     instanceMemoryMB: instanceMemoryMB
   }

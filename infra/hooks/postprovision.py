@@ -41,6 +41,7 @@ LOCAL_ONLY_SETTINGS = (
     "MC_GRAPH_URL",
     "MC_IMAP_HOST",
     "MC_CA_BUNDLE",
+    "MC_WEBHOOK_SECRET",
 )
 
 

@@ -125,7 +125,8 @@ def query_page(filter: Optional[str], parameters: dict[str, Any], page_size: int
 
     client = table(TABLE)
     # Account rows only: event rows (shared.tables.outbox) share the partitions, under other row keys.
-    query = f"RowKey eq '' and ({filter})" if filter else "RowKey eq ''"
+    # (Spaces around the parentheses: the SDK substitutes @parameters word by word.)
+    query = f"RowKey eq '' and ( {filter} )" if filter else "RowKey eq ''"
     pager = client.query_entities(query, parameters=parameters, results_per_page=page_size)
     pages = pager.by_page(continuation_token=continuation)
     rows: list[Account] = []

@@ -98,14 +98,15 @@ def stale_credentials(written_before: datetime) -> Iterator[Credential]:
         yield Credential.from_entity(entity)
 
 
-def mark_keep_alive_failed(credential: Credential, code: str, at: datetime) -> bool:
-    """Record on the row read as ``credential`` (its ETag) that the keep-alive needs a new sign-in; False
-    when a sign-in rewrote the row meanwhile."""
+def mark_keep_alive_failed(credential: Credential, code: Optional[str], at: datetime) -> bool:
+    """Record a failed keep-alive on the row read as ``credential`` (its ETag): ``code`` set means only a
+    new sign-in helps. False when a sign-in rewrote the row meanwhile."""
     from azure.core import MatchConditions
     from azure.data.tables import UpdateMode
 
-    entity = {"PartitionKey": credential.credentialId, "RowKey": CREDENTIAL_ROW, "keepAliveError": code,
-              "keepAliveAt": at}
+    entity = {"PartitionKey": credential.credentialId, "RowKey": CREDENTIAL_ROW, "keepAliveAt": at}
+    if code:
+        entity["keepAliveError"] = code
     try:
         table(TABLE).update_entity(entity, mode=UpdateMode.MERGE, etag=credential.etag,
                                    match_condition=MatchConditions.IfNotModified)

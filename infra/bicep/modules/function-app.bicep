@@ -27,6 +27,10 @@ param flowTtlSeconds int
   'off'
 ])
 param accessCheck string = 'on'
+param webhookUrls string = ''
+param reauthRedirectUrl string = ''
+param keepaliveDays int = 30
+param keepaliveMaxPerRun int = 50
 param maximumInstanceCount int = 100
 param instanceMemoryMB int = 2048
 
@@ -127,6 +131,13 @@ resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
     MC_LINK_MAX_TTL_SECONDS: string(linkMaxTtlSeconds)
     MC_FLOW_TTL_SECONDS: string(flowTtlSeconds)
     MC_ACCESS_CHECK: accessCheck
+    // Webhooks: configured targets (their signing key is Key Vault secret mc-webhook-secret; targets
+    // registered through /v1/webhooks keep their own key there) and the re-authentication redirect.
+    MC_WEBHOOK_URLS: webhookUrls
+    MC_REAUTH_REDIRECT_URL: reauthRedirectUrl
+    // Credential keep-alive (timer function credential_keepalive, hourly).
+    MC_KEEPALIVE_DAYS: string(keepaliveDays)
+    MC_KEEPALIVE_MAX_PER_RUN: string(keepaliveMaxPerRun)
   }
 }
 

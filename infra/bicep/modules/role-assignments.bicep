@@ -20,8 +20,9 @@ var storageTableDataContributor = '0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3'
 var keyVaultSecretsOfficer = 'b86a8fe4-44ce-4948-aee5-eccb2c155cd7'
 var monitoringMetricsPublisher = '3913510d-42f4-4e42-8a64-420c390055eb'
 
-// No queue role: the service has HTTP triggers only and uses no queue (add Storage Queue Data
-// Contributor, 974c5e8b-45b9-4653-ba55-5f855dd0fb88, together with the first queue trigger).
+// No queue role: the service has HTTP and timer triggers and uses no queue (timers need only the host's
+// blob leases, covered by Blob Data Owner; webhooks use a table outbox). Add Storage Queue Data
+// Contributor, 974c5e8b-45b9-4653-ba55-5f855dd0fb88, together with the first queue trigger.
 
 resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
   name: storageAccountName
@@ -46,7 +47,7 @@ resource appBlobOwner 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
   }
 }
 
-// ... the service's tables (accounts, principals, flows, links, apps, apitokens) ...
+// ... the service's tables (accounts, principals, flows, links, apps, apitokens, outbox, webhooks, deliveries) ...
 resource appTables 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
   name: guid(storage.id, identityPrincipalId, storageTableDataContributor)
   scope: storage

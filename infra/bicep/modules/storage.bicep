@@ -31,6 +31,9 @@ var serviceTables = [
   'links'
   'apps'
   'apitokens'
+  'outbox'
+  'webhooks'
+  'deliveries'
 ]
 
 resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' = {
