@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 # Infrastructure checkers (checkov, pycep) pin many packages: they live in their own venv.
 IAC_VENV := .venv-iac
 
-.PHONY: run test deps clean
+.PHONY: run test deps clean bench
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,11 @@ run: deps
 
 test: deps
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Cost benchmark (not part of `make test`): latency, req/s and Table/Key Vault/Microsoft calls per operation,
+# and the cold-start import cost. Results and how to read them: docs/performance.md.
+bench: deps
+	$(PY) -m bench.run
 
 clean:
 	rm -rf $(VENV) $(IAC_VENV) node_modules .pytest_cache test-output

@@ -28,8 +28,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, Callable, Optional
-from urllib.parse import parse_qs, urlsplit
+from typing import Any, Callable
 
 import pytest
 
@@ -37,7 +36,7 @@ from shared.identity import refresh
 from shared.secrets import SecretNotFound, get_secret_store
 from shared.settings import get_settings
 from shared.signin import credential_id, credential_secret_name
-from shared.tables import accounts, principals
+from shared.tables import principals
 from shared.tables.client import table
 from shared.tables.records import utcnow
 from shared.tokens import reset_token_cache
