@@ -43,7 +43,7 @@ from shared.tables import principals
 from shared.tables.records import utcnow
 
 log = logging.getLogger("mailbox_connect.keepalive")
-RUN_BUDGET = 240.0  # seconds of one run (the timer ticks hourly)
+RUN_BUDGET = 90.0  # seconds of one run: well inside host.json functionTimeout (2 min)
 RETRY_FAILED_AFTER = timedelta(days=1)  # a credential that failed for another reason waits this long
 
 

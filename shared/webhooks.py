@@ -117,7 +117,7 @@ MAX_DELAY = 3600.0  # the longest wait between two attempts
 JITTER = 0.1  # up to 10 % less than the nominal delay, so retries of many rows spread out
 CLAIM = timedelta(minutes=2)  # a claimed row is invisible to other runners this long
 SWEEP_GRACE = timedelta(minutes=2)  # the sweeper leaves younger event rows to the fast path
-RUN_BUDGET = 45.0  # seconds one run may spend starting attempts (the timer ticks every 10 s; runs do not overlap)
+RUN_BUDGET = 45.0  # seconds one run may spend starting attempts (+ one TIMEOUT: inside functionTimeout, 2 min)
 TIMEOUT = (5.0, 10.0)  # connect, read
 MAX_WORKERS = 8  # targets sent to in parallel
 SETTINGS_SECRET = "mc-webhook-secret"  # Key Vault secret of the MC_WEBHOOK_URLS targets (Azure)
