@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import random
 import re
 import secrets
 import time
@@ -49,6 +50,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger("mailbox_connect.signin")
 COOKIE_PREFIX = "mc_signin_"
+COMMIT_ATTEMPTS = 16  # writes of the account row before giving up (parallel callbacks for one mailbox)
 _STATE = re.compile(r"^[A-Za-z0-9_-]{8,128}$")
 
 
@@ -229,6 +231,11 @@ def _finish(pending: PendingFlow, link: LinkData, params: dict[str, str], settin
     except SecretStoreUnavailable:
         links.release(link.nonce)
         raise AppError("temporarily_unavailable", "the credential could not be stored; try the link again") from None
+    except ApiError as exc:  # the account row kept changing under us (COMMIT_ATTEMPTS lost races)
+        links.release(link.nonce)
+        if exc.status != 503:
+            raise
+        raise AppError("temporarily_unavailable", "the account is being changed right now; try the link again") from None
     except BaseException:
         links.release(link.nonce)
         raise
@@ -301,12 +308,15 @@ def _store_credential(app_id: str, cred_id: str, tid: str, oid: str, upn: str, n
 
 
 def _commit_account(account: Account) -> tuple[str, Optional[Account]]:
-    """Insert, or replace the existing row under its ETag; retried when a concurrent write wins.
+    """Insert, or replace the existing row under its ETag; retried (with a short random wait, up to
+    ``COMMIT_ATTEMPTS`` times) when a concurrent write wins, then 503.
 
     The sign-in's events (``accountAdded`` + ``authenticationSuccess``, or ``authenticationSuccess``) are
     written in the same transaction as the row (``shared.events``), then published.
     """
-    for _ in range(8):
+    for attempt in range(COMMIT_ATTEMPTS):
+        if attempt:
+            time.sleep(random.uniform(0, min(0.1, 0.005 * 2 ** attempt)))  # contention: spread the retries
         added = [events.account_added(account), events.authentication_success(account, reason="signIn", state="new")]
         if accounts.insert_account(account, added):
             events.publish(added)
