@@ -157,40 +157,34 @@ def check_consistency(service) -> Consistency:
 
 # --- 1. twenty callbacks for one mailbox ---------------------------------------------------------------
 
-SIGNIN_RETRY_BUG = (
-    "shared/signin.py _commit_account gives up after 8 ETag conflicts and raises ApiError(503), which "
-    "complete() does not turn into an AppError: the callback ends on the hosted 503 page 'The service is busy' "
-    "(and an ERROR with traceback is logged) instead of going back to the app's redirectUrl (with "
-    "state=existing, or at worst error=temporarily_unavailable). Seen intermittently with 20 parallel callbacks.")
-
-
 def test_twenty_parallel_callbacks_for_one_mailbox_create_one_account(service, identity):
-    """Invariant 1: connecting the same mailbox twenty times at once yields one account; the callbacks that
-    reach the app all name it, exactly one with ``state=new``. Then every callback should have reached the
-    app: while signin.py gives up under this contention (``SIGNIN_RETRY_BUG``) the test ends as xfail after
-    checking the invariants."""
+    """Invariant 1: connecting the same mailbox twenty times at once yields one account. Every callback goes
+    back to the app: all name the same account, exactly one with ``state=new``; a callback that lost the race
+    for the account row too often may answer ``error=temporarily_unavailable`` (its link nonce is released,
+    so the same link then works, as the error says)."""
     user = identity.add_user("race@contoso.com", email="race@contoso.com")
-    pending = [prepare(service, service.link(name="Race"), user) for _ in range(20)]
-    answers = together(*(complete(p) for p in pending))
-    at_app = [back_at_app(a) for a in answers if a.status_code == 302]
-    busy = [a for a in answers if a.status_code != 302]
-    assert all(a.status_code == 503 and "The service is busy" in a.text for a in busy), \
-        [(a.status_code, a.text[:200]) for a in busy]
-    assert all("error" not in r for r in at_app), [r for r in at_app if "error" in r]
-    assert len({r["account"] for r in at_app}) == 1
-    assert Counter(r["state"] for r in at_app) == {"new": 1, "existing": len(at_app) - 1}
+    links = [service.link(name="Race") for _ in range(20)]
+    pending = [prepare(service, link, user) for link in links]
+    results = [back_at_app(a) for a in together(*(complete(p) for p in pending))]
+    retry = [link for link, r in zip(links, results) if r.get("error") == "temporarily_unavailable"]
+    done = [r for r in results if "error" not in r]
+    assert len(done) + len(retry) == 20, [r for r in results if r.get("error") != "temporarily_unavailable"]
+    assert len({r["account"] for r in done}) == 1
+    assert Counter(r["state"] for r in done) == {"new": 1, "existing": len(done) - 1}
+    for link in retry:  # the documented way out of a lost race: the same link again
+        again = back_at_app(complete(prepare(service, link, user))())
+        assert again == {"account": done[0]["account"], "state": "existing"}, again
 
     [row] = account_rows()
     cred = credential_id(service.app.id, user.tid, user.oid)
-    assert row["PartitionKey"] == at_app[0]["account"] and row["credentialId"] == cred
+    assert row["PartitionKey"] == done[0]["account"] and row["credentialId"] == cred
     assert index_rows() == [(cred, row["PartitionKey"])]
     assert list(credential_rows()) == [cred]
-    # Every link that reached the app used its nonce once; a "busy" one released it (it can be used again).
-    assert len(list(table("links").list_entities())) == len(at_app)
+    assert len(list(table("links").list_entities())) == 20  # every link produced (the same) account once
     found = check_consistency(service)
     assert found.whole == [row["PartitionKey"]] and not found.leftover_index_rows
-    if busy:
-        pytest.xfail(f"{len(busy)} of 20 callbacks: {SIGNIN_RETRY_BUG}")
+    if retry:
+        print(f"20 parallel callbacks: {len(retry)} answered temporarily_unavailable and worked on retry")
 
 
 # --- 2. one signer, ten mailboxes ------------------------------------------------------------------------
