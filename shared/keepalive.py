@@ -18,8 +18,8 @@ Budget
 Revoked credentials
     ``invalid_grant`` (and the other re-authentication errors) marks every account of the credential
     ``authenticationError``; the ``authenticationError`` webhook is produced on that state transition only
-    (``shared.tokens.mark_reauthentication_required``), so once. The credential row then records
-    ``keepAliveError``, and later runs skip it without calling Microsoft, until a sign-in rewrites the row.
+    (``shared.tokens.mark_reauthentication_required``), so once. The credential row then carries
+    ``brokenCode``, and later runs skip it without calling Microsoft, until a sign-in rewrites the row.
     Other failures (``TokenRefused``: the app's configuration; no account or app left) are counted, not
     marked on the accounts, and retried after ``RETRY_FAILED_AFTER`` (a day) so they cannot use up every
     run's quota.
@@ -71,7 +71,7 @@ def run_keepalive(settings: Settings, *, clock: Callable[[], datetime] = utcnow,
     tried = 0
     now = clock()
     for credential in principals.stale_credentials(cutoff):
-        if credential.keepAliveError or (credential.keepAliveAt and now - credential.keepAliveAt < RETRY_FAILED_AFTER):
+        if credential.broken or (credential.keepAliveAt and now - credential.keepAliveAt < RETRY_FAILED_AFTER):
             report.skipped += 1
             continue
         if tried >= quota:
@@ -85,13 +85,12 @@ def run_keepalive(settings: Settings, *, clock: Callable[[], datetime] = utcnow,
         try:
             outcome = keep_alive(credential, settings)
         except ReauthenticationRequired as exc:
-            report.revoked.append(cred_id)
-            principals.mark_keep_alive_failed(credential, exc.error_code, now)
+            report.revoked.append(cred_id)  # the row now carries brokenCode: skipped until a sign-in
             log.warning("keep-alive: credential %s needs a new sign-in (%s)", cred_id, exc.error_code)
             continue
         except TokenRefused as exc:
             report.failed.append(cred_id)
-            principals.mark_keep_alive_failed(credential, None, now)
+            principals.mark_keep_alive_failed(credential, now)
             log.warning("keep-alive: Microsoft refused credential %s (%s)", cred_id, exc.error_code)
             continue
         except SecretStoreUnavailable:
@@ -102,14 +101,14 @@ def run_keepalive(settings: Settings, *, clock: Callable[[], datetime] = utcnow,
                 report.stopped = "Microsoft unavailable"
                 break
             report.failed.append(cred_id)
-            principals.mark_keep_alive_failed(credential, None, now)
+            principals.mark_keep_alive_failed(credential, now)
             log.warning("keep-alive: credential %s failed (%s)", cred_id, exc.code)
             continue
         if outcome == "refreshed":
             report.refreshed.append(cred_id)
         else:
             report.failed.append(cred_id)
-            principals.mark_keep_alive_failed(credential, None, now)
+            principals.mark_keep_alive_failed(credential, now)
             log.info("keep-alive: credential %s skipped (%s)", cred_id, outcome)
     log.info("keep-alive: %s", report.as_dict())
     return report

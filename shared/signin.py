@@ -218,7 +218,7 @@ def _finish(pending: PendingFlow, link: LinkData, params: dict[str, str], settin
     if not links.claim(link.nonce, account_id, datetime.fromtimestamp(link.exp, timezone.utc)):
         raise AppError("link_used", "this sign-in link was already used")
     try:
-        _store_credential(app.id, cred_id, tid, oid, upn, claims.get("name"), tokens, settings)
+        stored = _store_credential(app.id, cred_id, tid, oid, upn, claims.get("name"), tokens, settings)
         principals.add_account(cred_id, account_id, mailbox)
         now = utcnow()
         state, previous = _commit_account(Account(
@@ -241,7 +241,9 @@ def _finish(pending: PendingFlow, link: LinkData, params: dict[str, str], settin
         raise
     if previous is not None and previous.credentialId != cred_id:
         unbind(previous.credentialId, account_id, settings)
-    _mark_connected(cred_id)
+    _ensure_binding(stored, account_id, mailbox, settings)
+    if stored.was_broken:
+        _mark_connected(cred_id)
     log.info("account %s %s (delegated=%s, access check %s)", account_id, state, link.delegated, access)
     return Redirect(with_query(link.redirectUrl, {"account": account_id, "state": state}))
 
@@ -298,13 +300,37 @@ def _mark_connected(cred_id: str) -> None:
 
 
 def _store_credential(app_id: str, cred_id: str, tid: str, oid: str, upn: str, name: Optional[str],
-                      tokens: Tokens, settings: Settings) -> None:
+                      tokens: Tokens, settings: Settings) -> "_Stored":
+    """Secret first, then the credential row; remembers whether the old row said the credential was broken."""
+    before = principals.get_credential(cred_id)
     secret_name = credential_secret_name(cred_id)
     get_secret_store(settings).set(secret_name, tokens.refresh_token or "")
-    principals.upsert_credential(Credential(
-        credentialId=cred_id, appId=app_id, tid=tid, oid=oid, upn=upn, name=name,
-        scopes=tokens.scopes, secretName=secret_name, tokenWrittenAt=utcnow(),
-    ))
+    credential = Credential(credentialId=cred_id, appId=app_id, tid=tid, oid=oid, upn=upn, name=name,
+                            scopes=tokens.scopes, secretName=secret_name, tokenWrittenAt=utcnow())
+    etag = principals.upsert_credential(credential)
+    return _Stored(credential, etag, bool(before and before.broken), tokens.refresh_token or "")
+
+
+@dataclass
+class _Stored:
+    credential: Credential
+    etag: Optional[str]
+    was_broken: bool
+    refresh_token: str = field(repr=False)
+
+
+def _ensure_binding(stored: "_Stored", account_id: str, mailbox: str, settings: Settings) -> None:
+    """After the commit: if the credential row changed under us, an ``unbind`` (an account delete or a
+    re-bind racing this sign-in) may have removed the index row, the row and the secret this account now
+    points at. Write them again; the account row is the truth. One point read when nothing happened."""
+    current = principals.get_credential(stored.credential.credentialId)
+    if current is not None and current.etag == stored.etag:
+        return
+    log.warning("account %s: its credential changed during the sign-in; writing the binding again", account_id)
+    get_secret_store(settings).set(stored.credential.secretName, stored.refresh_token)
+    principals.add_account(stored.credential.credentialId, account_id, mailbox)
+    if current is None:
+        principals.upsert_credential(stored.credential)
 
 
 def _commit_account(account: Account) -> tuple[str, Optional[Account]]:
@@ -341,11 +367,18 @@ def _commit_account(account: Account) -> tuple[str, Optional[Account]]:
 def unbind(cred_id: str, account_id: str, settings: Settings) -> None:
     """Remove one index row; delete the credential and its secret when no account uses it any more.
 
-    The credential row is deleted under its ETag, so a sign-in that rewrote it meanwhile keeps it.
+    The credential row is deleted under its ETag, so a sign-in that rewrote it meanwhile keeps it, and
+    not while the account row points at this credential again. A sign-in racing this from the other
+    side repairs its binding after its commit (``_ensure_binding``).
     """
     principals.remove_account(cred_id, account_id)
     credential = principals.get_credential(cred_id)
     if credential is None or principals.account_ids(cred_id):
+        return
+    current = accounts.get_account(account_id)
+    if current is not None and current.credentialId == cred_id:
+        # A sign-in re-bound the account to this credential after the caller read it: keep both.
+        principals.add_account(cred_id, account_id, current.email)
         return
     if principals.delete_credential_row(credential):
         get_secret_store(settings).delete(credential.secretName)

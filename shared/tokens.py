@@ -373,6 +373,7 @@ def _reauthentication(account: Account, cred_id: str, etag: Optional[str], code:
     _forget_credential(cred_id)
     try:
         mark_reauthentication_required(cred_id, code, description, also=(account.account,))
+        etag = _etag_after_flag(cred_id, etag)
     except Exception as exc:  # noqa: BLE001 - the 409 is still the right answer; the next request marks again
         log.warning("could not mark the accounts of credential %s: %s", cred_id, type(exc).__name__)
     else:
@@ -412,7 +413,7 @@ def _rotate(credential: Credential, refresh_token: str, granted: list[str], sett
         known = {_scope_key(s) for s in current.scopes}
         scopes = list(current.scopes) + [s for s in granted if _scope_key(s) not in known]
         principals.upsert_credential(current.model_copy(update={
-            "tokenWrittenAt": utcnow(), "scopes": scopes, "keepAliveError": None, "keepAliveAt": None}))
+            "tokenWrittenAt": utcnow(), "scopes": scopes, "brokenCode": None, "keepAliveAt": None}))
         log.info("stored the newest refresh token of credential %s", credential.credentialId)
     except Exception as exc:  # noqa: BLE001 - the stored token stays valid; the next refresh writes again
         log.warning("could not store the newest refresh token of credential %s: %s",
@@ -443,7 +444,15 @@ def mark_reauthentication_required(credential_id: str, code: str, description: s
         # Once per account, on the transition: a credential failing again and again sends nothing new.
         return None if before.state == AUTH_ERROR else events.authentication_error(after, code, description, ids)
 
-    return sum(_update(account_id, credential_id, change, event) for account_id in ids)
+    changed = sum(_update(account_id, credential_id, change, event) for account_id in ids)
+    principals.flag_broken(credential_id, code)  # so the next sign-in knows to repair the other accounts
+    return changed
+
+
+def _etag_after_flag(credential_id: str, etag: Optional[str]) -> Optional[str]:
+    """The credential row's ETag after ``flag_broken`` (it keys the remembered failure)."""
+    current = principals.get_credential(credential_id)
+    return current.etag if current is not None else etag
 
 
 def mark_connected(credential_id: str) -> int:
@@ -467,6 +476,7 @@ def mark_connected(credential_id: str) -> int:
         return events.authentication_success(after, reason="credentialRepaired", repaired=True)
 
     try:
+        principals.clear_broken(credential_id)
         return sum(_update(account_id, credential_id, change, event)
                    for account_id in principals.account_ids(credential_id))
     except Exception as exc:  # noqa: BLE001 - see the docstring

@@ -88,7 +88,7 @@ def test_revoked_credentials_are_reported_once(service, identity):
         row = accounts.get_account(account)
         assert row.state == AUTH_ERROR and row.errorCode == "invalid_grant"
     assert sorted(e["PartitionKey"] for e in error_events()) == sorted([own, shared])
-    assert principals.get_credential(credential).keepAliveError == "invalid_grant"
+    assert principals.get_credential(credential).brokenCode == "invalid_grant"
 
     calls = refreshes(identity)
     reset_token_cache()  # a new process: no in-memory memory of the failure
@@ -99,7 +99,7 @@ def test_revoked_credentials_are_reported_once(service, identity):
 
     # A new sign-in rewrites the credential: the mark is gone, the accounts are connected again.
     connect(service, pat, account=own)
-    assert principals.get_credential(credential).keepAliveError is None
+    assert not principals.get_credential(credential).broken
     assert {accounts.get_account(a).state for a in (own, shared)} == {CONNECTED}
 
 

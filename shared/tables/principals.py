@@ -31,8 +31,15 @@ class Credential(Record):
     tokenWrittenAt: datetime
     # Set by the keep-alive (shared.keepalive) when only a new sign-in can help; a sign-in replaces the row
     # without it, and the keep-alive skips the credential until then.
-    keepAliveError: Optional[str] = None
     keepAliveAt: Optional[datetime] = None
+    # Set when Microsoft refused the refresh token (invalid_grant, ...; ``flag_broken``): the keep-alive
+    # skips the credential, and the next sign-in (which replaces the row without it) flips the
+    # credential's accounts back to connected.
+    brokenCode: Optional[str] = None
+
+    @property
+    def broken(self) -> bool:
+        return bool(self.brokenCode)
 
 
 class IndexRow(Record):
@@ -40,10 +47,28 @@ class IndexRow(Record):
     mailbox: str
 
 
-def upsert_credential(credential: Credential) -> None:
+def upsert_credential(credential: Credential) -> Optional[str]:
+    """Write the row whole; returns its new ETag."""
     from azure.data.tables import UpdateMode
 
-    table(TABLE).upsert_entity(credential.to_entity(credential.credentialId, CREDENTIAL_ROW), mode=UpdateMode.REPLACE)
+    result = table(TABLE).upsert_entity(credential.to_entity(credential.credentialId, CREDENTIAL_ROW),
+                                        mode=UpdateMode.REPLACE)
+    return (result or {}).get("etag")
+
+
+def flag_broken(credential_id: str, code: str) -> Optional[str]:
+    """Note on the credential row that only a new sign-in can repair it; returns the row's new ETag
+    (None when the row is missing: it is left missing)."""
+    from azure.data.tables import UpdateMode
+
+    try:
+        result = table(TABLE).update_entity(
+            {"PartitionKey": credential_id, "RowKey": CREDENTIAL_ROW, "brokenCode": code}, mode=UpdateMode.MERGE)
+    except Exception as exc:
+        if is_missing(exc):
+            return None
+        raise
+    return (result or {}).get("etag")
 
 
 def get_credential(credential_id: str) -> Optional[Credential]:
@@ -98,15 +123,18 @@ def stale_credentials(written_before: datetime) -> Iterator[Credential]:
         yield Credential.from_entity(entity)
 
 
-def mark_keep_alive_failed(credential: Credential, code: Optional[str], at: datetime) -> bool:
-    """Record a failed keep-alive on the row read as ``credential`` (its ETag): ``code`` set means only a
-    new sign-in helps. False when a sign-in rewrote the row meanwhile."""
+def clear_broken(credential_id: str) -> None:
+    """The credential works again (a refresh succeeded): drop ``brokenCode``; a missing row stays missing."""
+    flag_broken(credential_id, "")
+
+
+def mark_keep_alive_failed(credential: Credential, at: datetime) -> bool:
+    """Record a failed keep-alive on the row read as ``credential`` (its ETag), so it waits before the
+    next try. False when a sign-in rewrote the row meanwhile."""
     from azure.core import MatchConditions
     from azure.data.tables import UpdateMode
 
     entity = {"PartitionKey": credential.credentialId, "RowKey": CREDENTIAL_ROW, "keepAliveAt": at}
-    if code:
-        entity["keepAliveError"] = code
     try:
         table(TABLE).update_entity(entity, mode=UpdateMode.MERGE, etag=credential.etag,
                                    match_condition=MatchConditions.IfNotModified)
