@@ -120,6 +120,7 @@ class _Handler(socketserver.BaseRequestHandler):
     def handle(self) -> None:
         fake = self.server.fake
         fault = fake._next_fault()
+        self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # no delayed-ACK stall per reply
         self.request.settimeout(30)
         try:
             conn = fake._context.wrap_socket(self.request, server_side=True)
