@@ -33,7 +33,12 @@ SCOPE_PATTERN = r"^[!-~]{1,256}$"  # printable ASCII without spaces (a URI or a 
 ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"  # OAuth app and API token ids in paths
 
 
-class _Request(BaseModel):
+class _Model(BaseModel):
+    # Validators are built on a model's first use, not at import: a request builds only the models it uses.
+    model_config = ConfigDict(defer_build=True)
+
+
+class _Request(_Model):
     model_config = ConfigDict(extra="forbid")
 
 
@@ -58,7 +63,7 @@ class ApiTokenCreate(_Request):
         return _no_blank(value)
 
 
-class ApiTokenInfo(BaseModel):
+class ApiTokenInfo(_Model):
     id: str
     name: str
     scopes: list[TokenScope]
@@ -69,11 +74,11 @@ class ApiTokenCreated(ApiTokenInfo):
     token: str = Field(..., description="The token itself: shown once, stored only as a SHA-256 hash")
 
 
-class ApiTokenList(BaseModel):
+class ApiTokenList(_Model):
     tokens: list[ApiTokenInfo]
 
 
-class ApiTokenDeleted(BaseModel):
+class ApiTokenDeleted(_Model):
     id: str
     deleted: bool = True
 
@@ -162,7 +167,7 @@ class OAuthAppUpdate(_AppFields):
     enabled: bool = _partial()
 
 
-class OAuthAppInfo(BaseModel):
+class OAuthAppInfo(_Model):
     id: str = Field(..., description="Use it as `type` in `POST /v1/authentication/form`")
     provider: Literal["outlook"] = "outlook"
     name: str
@@ -178,11 +183,11 @@ class OAuthAppInfo(BaseModel):
     updated: datetime
 
 
-class OAuthAppList(BaseModel):
+class OAuthAppList(_Model):
     apps: list[OAuthAppInfo]
 
 
-class OAuthAppDeleted(BaseModel):
+class OAuthAppDeleted(_Model):
     id: str
     deleted: bool = True
 
@@ -203,19 +208,19 @@ class AccountListQuery(_Request):
         return None if value is None else check_email(value)
 
 
-class Signer(BaseModel):
+class Signer(_Model):
     upn: str = Field(..., description="The Microsoft user who signed in (for a shared mailbox: the delegate)")
     tenant: str = Field(..., description="The signer's tenant id (`tid`)")
     name: Optional[str] = None
 
 
-class AccountError(BaseModel):
+class AccountError(_Model):
     code: str
     description: Optional[str] = None
     at: Optional[datetime] = None
 
 
-class AccountInfo(BaseModel):
+class AccountInfo(_Model):
     account: str
     name: Optional[str] = None
     email: str = Field(..., description="The mailbox: the signer's own or a shared mailbox")
@@ -232,7 +237,7 @@ class AccountInfo(BaseModel):
     updated: datetime
 
 
-class AccountList(BaseModel):
+class AccountList(_Model):
     accounts: list[AccountInfo]
     nextCursor: Optional[str] = Field(..., description="Pass as `cursor` for the next page; null on the last")
 
@@ -241,7 +246,7 @@ class AccountUpdate(_Request):
     name: Optional[str] = Field(..., max_length=256, description="The display name; null clears it")
 
 
-class AccountDeleted(BaseModel):
+class AccountDeleted(_Model):
     account: str
     deleted: bool = True
 
@@ -255,14 +260,14 @@ class ReauthRequest(_Request):
 # The OpenAPI document uses these models; shared.tokens.TokenHandOff serialises the same shape (a test
 # compares the two).
 
-class ImapSettings(BaseModel):
+class ImapSettings(_Model):
     host: str
     port: int = 993
     secure: bool = True
     user: str = Field(..., description="XOAUTH2 user: the mailbox address (also for a shared mailbox)")
 
 
-class SmtpSettings(BaseModel):
+class SmtpSettings(_Model):
     # ``from`` is a Python keyword: the field is ``from_`` with the alias ``from``; serialise with
     # ``model_dump(by_alias=True)`` (``serialize_by_alias`` makes that the default on pydantic >= 2.11).
     model_config = ConfigDict(populate_by_name=True, serialize_by_alias=True)
@@ -275,11 +280,11 @@ class SmtpSettings(BaseModel):
     from_: str = Field(..., alias="from", description="MAIL FROM: the mailbox address")
 
 
-class GraphSettings(BaseModel):
+class GraphSettings(_Model):
     baseUrl: str = Field(..., description="{graph}/v1.0/me, or {graph}/v1.0/users/{mailbox} for a shared mailbox")
 
 
-class OAuthTokenResponse(BaseModel):
+class OAuthTokenResponse(_Model):
     account: str
     user: str = Field(..., description="The mailbox address (EmailEngine's field)")
     accessToken: str
@@ -294,7 +299,7 @@ class OAuthTokenResponse(BaseModel):
     graph: GraphSettings
 
 
-class ReauthenticationRequiredBody(BaseModel):
+class ReauthenticationRequiredBody(_Model):
     """409 of the token hand-off: only a new sign-in (``POST /v1/account/{account}/reauth``) repairs it."""
 
     error: Literal["reauthentication_required"]
@@ -332,7 +337,7 @@ class WebhookCreate(_Request):
         return list(dict.fromkeys(value))
 
 
-class WebhookInfo(BaseModel):
+class WebhookInfo(_Model):
     id: str
     url: str
     events: list[EventType] = Field(..., description="Empty: every event")
@@ -345,16 +350,16 @@ class WebhookCreated(WebhookInfo):
     secret: str = Field(..., description="The signing secret (HMAC-SHA256 key): shown once, kept in the secret store")
 
 
-class WebhookList(BaseModel):
+class WebhookList(_Model):
     webhooks: list[WebhookInfo]
 
 
-class WebhookDeleted(BaseModel):
+class WebhookDeleted(_Model):
     id: str
     deleted: bool = True
 
 
-class DeadLetter(BaseModel):
+class DeadLetter(_Model):
     id: str = Field(..., description="`<webhook id>.<event id>`")
     webhook: str
     eventId: str
@@ -368,22 +373,22 @@ class DeadLetter(BaseModel):
     deadAt: Optional[datetime] = None
 
 
-class DeadLetterList(BaseModel):
+class DeadLetterList(_Model):
     deadLetters: list[DeadLetter]
 
 
-class DeadLetterResent(BaseModel):
+class DeadLetterResent(_Model):
     id: str
     status: Literal["pending"] = "pending"
     nextAttemptAt: datetime
 
 
-class DeadLetterDeleted(BaseModel):
+class DeadLetterDeleted(_Model):
     id: str
     deleted: bool = True
 
 
-class WebhookEvent(BaseModel):
+class WebhookEvent(_Model):
     """What a webhook receives (POST, application/json); see the README for the signature."""
 
     id: str = Field(..., description="Event id: the same on every retry; dedupe on it")

@@ -1,28 +1,33 @@
 """Small helpers shared by the blueprints: JSON in, JSON out, errors as ``{"error", "message", "field"}``.
 
-Handlers stay thin: ``api_handler`` turns ``ApiError``, validation errors and transient dependency
-failures into clear 4xx/503 answers, so a bad request never surfaces as a 500.
+Handlers stay thin: ``call_api`` (behind ``shared.blueprints.api``) checks the API token and turns
+``ApiError``, validation errors and transient dependency failures into clear 4xx/503 answers, so a bad
+request never surfaces as a 500. Handlers import this module on their first call, not at start-up;
+pydantic, the secret store and the token tables are imported inside the functions that use them.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
-from typing import Any, Callable, Optional, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar
 
 import azure.functions as func
-from pydantic import BaseModel, ValidationError
 
 from shared.errors import ApiError, unavailable
 
+if TYPE_CHECKING:
+    from pydantic import BaseModel, ValidationError
+
 log = logging.getLogger("mailbox_connect")
-M = TypeVar("M", bound=BaseModel)
+M = TypeVar("M", bound="BaseModel")
 MAX_BODY = 64 * 1024
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 
 def json_response(body: Any, status: int = 200, headers: Optional[dict[str, str]] = None) -> func.HttpResponse:
+    from pydantic import BaseModel
+
     if isinstance(body, BaseModel):
         body = body.model_dump(mode="json", exclude_none=True)
     return func.HttpResponse(
@@ -51,6 +56,13 @@ def parse_json(req: func.HttpRequest, model: type[M]) -> M:
         raise ApiError(400, "invalid_json", "the body is not valid JSON") from None
     if not isinstance(data, dict):
         raise ApiError(400, "invalid_json", "the body must be a JSON object")
+    return validate(model, data)
+
+
+def validate(model: type[M], data: Any) -> M:
+    """``model.model_validate(data)``, its first validation error as a 400 answer."""
+    from pydantic import ValidationError
+
     try:
         return model.model_validate(data)
     except ValidationError as exc:
@@ -66,26 +78,28 @@ def validation_error(exc: ValidationError) -> ApiError:
     return ApiError(400, "invalid_input", f"{field}: {message}" if field else message, field=field)
 
 
-def api_handler(fn: Callable[[func.HttpRequest], func.HttpResponse]) -> Callable[[func.HttpRequest], func.HttpResponse]:
-    """Map known failures to clear answers; log (never echo) anything unexpected."""
+def call_api(fn: Callable[[func.HttpRequest], func.HttpResponse], req: func.HttpRequest,
+             scope: Optional[str]) -> func.HttpResponse:
+    """Run a JSON API handler: require an API token with ``scope`` (``None``: public), map known failures to
+    clear answers; log (never echo) anything unexpected."""
     from shared.secrets.base import SecretStoreUnavailable
 
-    @functools.wraps(fn)
-    def wrapper(req: func.HttpRequest) -> func.HttpResponse:
-        try:
-            return fn(req)
-        except ApiError as exc:
-            return error_response(exc)
-        except SecretStoreUnavailable as exc:
-            return error_response(unavailable("the secret store", exc.retry_after))
-        except Exception as exc:  # noqa: BLE001 - the edge: classify, never leak details
-            if is_transient(exc):
-                log.warning("transient dependency failure: %s", type(exc).__name__)
-                return error_response(unavailable("a storage dependency"))
-            log.exception("unhandled error in %s", fn.__name__)
-            return error_response(ApiError(500, "internal_error", "an internal error occurred"))
+    try:
+        if scope is not None:
+            from shared.auth import require_token
 
-    return wrapper
+            require_token(req, scope)
+        return fn(req)
+    except ApiError as exc:
+        return error_response(exc)
+    except SecretStoreUnavailable as exc:
+        return error_response(unavailable("the secret store", exc.retry_after))
+    except Exception as exc:  # noqa: BLE001 - the edge: classify, never leak details
+        if is_transient(exc):
+            log.warning("transient dependency failure: %s", type(exc).__name__)
+            return error_response(unavailable("a storage dependency"))
+        log.exception("unhandled error in %s", fn.__name__)
+        return error_response(ApiError(500, "internal_error", "an internal error occurred"))
 
 
 def is_transient(exc: BaseException) -> bool:

@@ -2,13 +2,8 @@
 ``POST /v1/account/{account}/reauth`` (see ``shared.accounts_service``)."""
 
 import azure.functions as func
-from pydantic import ValidationError
 
-from shared import accounts_service as service
-from shared.api_models import AccountListQuery, AccountUpdate, ReauthRequest
-from shared.auth import require_token
-from shared.http import api_handler, json_response, parse_json, validation_error
-from shared.settings import get_settings
+from shared.blueprints import api
 
 bp = func.Blueprint()
 
@@ -17,16 +12,17 @@ _IGNORED_QUERY = frozenset({"code"})
 
 
 @bp.route(route="v1/accounts", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
-@api_handler
+@api("api")
 def accounts_list(req: func.HttpRequest) -> func.HttpResponse:
-    require_token(req, "api")
+    from shared import accounts_service as service
+    from shared.api_models import AccountListQuery
+    from shared.http import json_response, validate
+    from shared.settings import get_settings
+
     # The Functions host joins a repeated name with "," and drops empty values; both then fail validation
     # (or fall back to the default) rather than being half-understood.
     params = {k: v for k, v in req.params.items() if k.lower() not in _IGNORED_QUERY}
-    try:
-        query = AccountListQuery.model_validate(params)
-    except ValidationError as exc:
-        raise validation_error(exc) from None
+    query = validate(AccountListQuery, params)
     result = service.list_accounts(query, get_settings())
     body = result.model_dump(mode="json", exclude_none=True)
     body["nextCursor"] = result.nextCursor  # explicit null on the last page
@@ -34,32 +30,44 @@ def accounts_list(req: func.HttpRequest) -> func.HttpResponse:
 
 
 @bp.route(route="v1/account/{account}", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
-@api_handler
+@api("api")
 def accounts_get(req: func.HttpRequest) -> func.HttpResponse:
-    require_token(req, "api")
+    from shared import accounts_service as service
+    from shared.http import json_response
+
     return json_response(service.get_account(req.route_params.get("account")))
 
 
 @bp.route(route="v1/account/{account}", methods=["PUT"], auth_level=func.AuthLevel.ANONYMOUS)
-@api_handler
+@api("api")
 def accounts_update(req: func.HttpRequest) -> func.HttpResponse:
-    require_token(req, "api")
+    from shared import accounts_service as service
+    from shared.api_models import AccountUpdate
+    from shared.http import json_response, parse_json
+
     account_id = service.check_id(req.route_params.get("account"))
     body = parse_json(req, AccountUpdate)
     return json_response(service.update_account(account_id, body))
 
 
 @bp.route(route="v1/account/{account}", methods=["DELETE"], auth_level=func.AuthLevel.ANONYMOUS)
-@api_handler
+@api("api")
 def accounts_delete(req: func.HttpRequest) -> func.HttpResponse:
-    require_token(req, "api")
+    from shared import accounts_service as service
+    from shared.http import json_response
+    from shared.settings import get_settings
+
     return json_response(service.delete_account(req.route_params.get("account"), get_settings()))
 
 
 @bp.route(route="v1/account/{account}/reauth", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
-@api_handler
+@api("api")
 def accounts_reauth(req: func.HttpRequest) -> func.HttpResponse:
-    require_token(req, "api")
+    from shared import accounts_service as service
+    from shared.api_models import ReauthRequest
+    from shared.http import json_response, parse_json
+    from shared.settings import get_settings
+
     account_id = service.check_id(req.route_params.get("account"))
     body = parse_json(req, ReauthRequest)
     return json_response(service.reauth_link(account_id, body, get_settings()))

@@ -2,31 +2,35 @@
 
 import azure.functions as func
 
-from shared import apitokens_service as service
-from shared.api_models import ApiTokenCreate
-from shared.auth import require_token
-from shared.http import api_handler, json_response, parse_json
+from shared.blueprints import api
 
 bp = func.Blueprint()
 
 
 @bp.route(route="v1/tokens", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
-@api_handler
+@api("admin")
 def api_tokens_create(req: func.HttpRequest) -> func.HttpResponse:
-    require_token(req, "admin")
+    from shared import apitokens_service as service
+    from shared.api_models import ApiTokenCreate
+    from shared.http import json_response, parse_json
+
     body = parse_json(req, ApiTokenCreate)
     return json_response(service.create_token(body), 201)
 
 
 @bp.route(route="v1/tokens", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
-@api_handler
+@api("admin")
 def api_tokens_list(req: func.HttpRequest) -> func.HttpResponse:
-    require_token(req, "admin")
+    from shared import apitokens_service as service
+    from shared.http import json_response
+
     return json_response(service.list_tokens())
 
 
 @bp.route(route="v1/tokens/{id}", methods=["DELETE"], auth_level=func.AuthLevel.ANONYMOUS)
-@api_handler
+@api("admin")
 def api_tokens_revoke(req: func.HttpRequest) -> func.HttpResponse:
-    require_token(req, "admin")
+    from shared import apitokens_service as service
+    from shared.http import json_response
+
     return json_response(service.revoke_token(req.route_params.get("id")))

@@ -2,48 +2,61 @@
 
 import azure.functions as func
 
-from shared import apps_service as service
-from shared.api_models import OAuthAppCreate, OAuthAppUpdate
-from shared.auth import require_token
-from shared.http import api_handler, json_response, parse_json
-from shared.settings import get_settings
+from shared.blueprints import api
 
 bp = func.Blueprint()
 
 
 @bp.route(route="v1/oauth2", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
-@api_handler
+@api("admin")
 def oauth_apps_create(req: func.HttpRequest) -> func.HttpResponse:
-    require_token(req, "admin")
+    from shared import apps_service as service
+    from shared.api_models import OAuthAppCreate
+    from shared.http import json_response, parse_json
+    from shared.settings import get_settings
+
     body = parse_json(req, OAuthAppCreate)
     return json_response(service.create_app(body, get_settings()), 201)
 
 
 @bp.route(route="v1/oauth2", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
-@api_handler
+@api("admin")
 def oauth_apps_list(req: func.HttpRequest) -> func.HttpResponse:
-    require_token(req, "admin")
+    from shared import apps_service as service
+    from shared.http import json_response
+    from shared.settings import get_settings
+
     return json_response(service.list_apps(get_settings()))
 
 
 @bp.route(route="v1/oauth2/{app}", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
-@api_handler
+@api("admin")
 def oauth_apps_get(req: func.HttpRequest) -> func.HttpResponse:
-    require_token(req, "admin")
+    from shared import apps_service as service
+    from shared.http import json_response
+    from shared.settings import get_settings
+
     return json_response(service.get_app(req.route_params.get("app"), get_settings()))
 
 
 @bp.route(route="v1/oauth2/{app}", methods=["PUT"], auth_level=func.AuthLevel.ANONYMOUS)
-@api_handler
+@api("admin")
 def oauth_apps_update(req: func.HttpRequest) -> func.HttpResponse:
-    require_token(req, "admin")
+    from shared import apps_service as service
+    from shared.api_models import OAuthAppUpdate
+    from shared.http import json_response, parse_json
+    from shared.settings import get_settings
+
     app_id = service.check_app_id(req.route_params.get("app"))
     body = parse_json(req, OAuthAppUpdate)
     return json_response(service.update_app(app_id, body, get_settings()))
 
 
 @bp.route(route="v1/oauth2/{app}", methods=["DELETE"], auth_level=func.AuthLevel.ANONYMOUS)
-@api_handler
+@api("admin")
 def oauth_apps_delete(req: func.HttpRequest) -> func.HttpResponse:
-    require_token(req, "admin")
+    from shared import apps_service as service
+    from shared.http import json_response
+    from shared.settings import get_settings
+
     return json_response(service.delete_app(req.route_params.get("app"), get_settings()))

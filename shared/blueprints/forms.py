@@ -2,18 +2,18 @@
 
 import azure.functions as func
 
-from shared.auth import require_token
-from shared.forms import create_form_link
-from shared.http import api_handler, json_response, parse_json
-from shared.models import FormRequest
-from shared.settings import get_settings
+from shared.blueprints import api
 
 bp = func.Blueprint()
 
 
 @bp.route(route="v1/authentication/form", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
-@api_handler
+@api("api")
 def authentication_form(req: func.HttpRequest) -> func.HttpResponse:
-    require_token(req, "api")
+    from shared.forms import create_form_link
+    from shared.http import json_response, parse_json
+    from shared.models import FormRequest
+    from shared.settings import get_settings
+
     form = parse_json(req, FormRequest)
     return json_response(create_form_link(form, get_settings()))

@@ -1,14 +1,12 @@
 """The pages a person's browser visits: ``/accounts/new`` (to Microsoft) and ``/oauth`` (back to the app)."""
 
 import logging
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import azure.functions as func
 
-from shared import signin
-from shared.http import is_transient
-from shared.pages import SECURITY_HEADERS, page_response
-from shared.settings import get_settings
+if TYPE_CHECKING:
+    from shared.signin import Redirect
 
 bp = func.Blueprint()
 log = logging.getLogger("mailbox_connect.hosted")
@@ -16,19 +14,29 @@ log = logging.getLogger("mailbox_connect.hosted")
 
 @bp.route(route="accounts/new", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
 def accounts_new(req: func.HttpRequest) -> func.HttpResponse:
+    from shared import signin
+    from shared.settings import get_settings
+
     return _hosted(lambda: signin.start(req.params.get("data"), req.params.get("sig"), get_settings()))
 
 
 @bp.route(route="oauth", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
 def oauth_callback(req: func.HttpRequest) -> func.HttpResponse:
+    from shared import signin
+    from shared.settings import get_settings
+
     params = {k: v for k, v in req.params.items() if isinstance(v, str)}
     return _hosted(lambda: signin.complete(params, parse_cookies(req.headers.get("cookie")), get_settings()))
 
 
-def _hosted(action: Callable[[], signin.Redirect]) -> func.HttpResponse:
+def _hosted(action: Callable[[], "Redirect"]) -> func.HttpResponse:
+    from shared.http import is_transient
+    from shared.pages import SECURITY_HEADERS, page_response
+    from shared.signin import HostedError
+
     try:
         result = action()
-    except signin.HostedError as exc:
+    except HostedError as exc:
         response = page_response(exc.kind, mailbox=exc.mailbox, retry_url=exc.retry_url)
         return _with_cookies(response, exc.cookies)
     except Exception as exc:  # noqa: BLE001 - a person gets a page, never a stack trace

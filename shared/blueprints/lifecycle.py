@@ -8,8 +8,6 @@ import logging
 
 import azure.functions as func
 
-from shared.settings import get_settings
-
 bp = func.Blueprint()
 log = logging.getLogger("mailbox_connect.lifecycle")
 
@@ -20,6 +18,7 @@ KEEPALIVE_SCHEDULE = "0 17 * * * *"  # hourly, at minute 17
 
 @bp.timer_trigger(schedule=DELIVERY_SCHEDULE, arg_name="timer", run_on_startup=False, use_monitor=False)
 def webhook_delivery(timer: func.TimerRequest) -> None:
+    from shared.settings import get_settings
     from shared.webhooks import Dispatcher
 
     report = Dispatcher(get_settings()).run()
@@ -29,6 +28,7 @@ def webhook_delivery(timer: func.TimerRequest) -> None:
 
 @bp.timer_trigger(schedule=SWEEPER_SCHEDULE, arg_name="timer", run_on_startup=False, use_monitor=True)
 def webhook_sweeper(timer: func.TimerRequest) -> None:
+    from shared.settings import get_settings
     from shared.webhooks import Dispatcher
 
     Dispatcher(get_settings()).sweep()
@@ -37,6 +37,7 @@ def webhook_sweeper(timer: func.TimerRequest) -> None:
 @bp.timer_trigger(schedule=KEEPALIVE_SCHEDULE, arg_name="timer", run_on_startup=False, use_monitor=True)
 def credential_keepalive(timer: func.TimerRequest) -> None:
     from shared.keepalive import run_keepalive
+    from shared.settings import get_settings
 
     settings = get_settings()
     if settings.keepalive_max_per_run > 0:

@@ -2,15 +2,16 @@
 
 import azure.functions as func
 
-from shared.http import api_handler, json_response
-from shared.settings import get_settings
+from shared.blueprints import api
 
 bp = func.Blueprint()
 
 
 @bp.route(route="v1/openapi.json", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
-@api_handler
+@api(None)
 def openapi_document(req: func.HttpRequest) -> func.HttpResponse:
-    from shared.openapi import openapi_document as build  # imported on first use, not at cold start
+    from shared.http import json_response
+    from shared.openapi import openapi_document as build
+    from shared.settings import get_settings
 
     return json_response(build(get_settings().public_url), headers={"Cache-Control": "public, max-age=300"})

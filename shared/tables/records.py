@@ -16,7 +16,7 @@ def utcnow() -> datetime:
 class Record(BaseModel):
     """Base row: JSON-typed fields are stored as strings; ``etag`` comes back from reads."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", defer_build=True)  # built on first use: a request uses a few
     JSON_FIELDS: ClassVar[tuple[str, ...]] = ()
     etag: Optional[str] = Field(None, exclude=True)
 
