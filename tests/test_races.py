@@ -5,8 +5,8 @@ Azurite and the fake Microsoft identity platform.
 Each sign-in runs in its own ``tests.service.Browser`` (its own cookie jar, as separate browsers), and is
 stopped at Microsoft's redirect back to ``/oauth`` so that only the callbacks race.
 
-"Consistent" (``check_consistency``), from DESIGN.md invariants 1-5 and what ``shared/accounts_service.py``
-and the README document:
+"Consistent" (``tests.invariants.check_consistency``), from DESIGN.md invariants 1-5 and what
+``shared/accounts_service.py`` and the README document:
 
 * the account row is the truth. An existing account is either **whole** (its credential row, its
   (credential, account) index row and the credential's secret all exist) and its token hand-off answers 200,
@@ -26,21 +26,22 @@ import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Callable
 
 import pytest
 
 from shared.identity import refresh
-from shared.secrets import SecretNotFound, get_secret_store
+from shared.secrets import get_secret_store
 from shared.settings import get_settings
 from shared.signin import credential_id, credential_secret_name
 from shared.tables import principals
 from shared.tables.client import table
 from shared.tables.records import utcnow
 from shared.tokens import reset_token_cache
-from tests.service import APP_REDIRECT, Browser, query
+from tests.invariants import (Pending, account_rows, back_at_app, check_consistency, credential_rows, index_rows,
+                              prepare)
+from tests.service import APP_REDIRECT
 
 IMAP_SCOPE = "https://outlook.office.com/IMAP.AccessAsUser.All"
 ROUNDS = 12
@@ -54,27 +55,7 @@ def _fresh_token_cache():
     reset_token_cache()
 
 
-# --- helpers --------------------------------------------------------------------------------------------
-
-@dataclass
-class Pending:
-    """A sign-in stopped at Microsoft's redirect back to the service."""
-
-    browser: Browser
-    callback: str
-
-
-def prepare(service, link: str, user) -> Pending:
-    """Open the link and sign in at Microsoft as ``user`` in a new browser; do not follow the callback yet."""
-    browser = Browser()
-    service.identity.sign_in_as(user)
-    start = browser.get(link, allow_redirects=False, timeout=30)
-    assert start.status_code == 302, start.text
-    authorize = browser.get(start.headers["Location"], allow_redirects=False, timeout=30,
-                            verify=service.identity.ca_bundle)
-    assert authorize.status_code == 302, authorize.text
-    return Pending(browser, authorize.headers["Location"])
-
+# --- helpers (the invariant checks and sign-in helpers live in tests/invariants.py) -------------------
 
 def together(*actions: Callable[[], Any]) -> list[Any]:
     """Run the actions in parallel threads, released at the same moment; their results in order."""
@@ -90,69 +71,6 @@ def together(*actions: Callable[[], Any]) -> list[Any]:
 
 def complete(pending: Pending):
     return lambda: pending.browser.get(pending.callback, allow_redirects=False, timeout=60)
-
-
-def back_at_app(response) -> dict[str, str]:
-    """The query the app receives; the response must be the redirect to its redirectUrl."""
-    location = response.headers.get("Location", "")
-    assert response.status_code == 302 and location.startswith(APP_REDIRECT + "?"), \
-        (response.status_code, location, response.text[:300])
-    return query(location)
-
-
-def account_rows() -> list[dict]:
-    return list(table("accounts").query_entities("RowKey eq ''"))  # not the event rows
-
-
-def index_rows() -> list[tuple[str, str]]:
-    return [(r["PartitionKey"], r["accountId"])
-            for r in table("principals").query_entities("RowKey ne 'credential'")]
-
-
-def credential_rows() -> dict[str, dict]:
-    return {r["PartitionKey"]: r for r in table("principals").query_entities("RowKey eq 'credential'")}
-
-
-def secret_exists(name: str) -> bool:
-    try:
-        get_secret_store().get(name)
-        return True
-    except SecretNotFound:
-        return False
-
-
-@dataclass
-class Consistency:
-    whole: list[str] = field(default_factory=list)
-    degraded: list[str] = field(default_factory=list)
-    leftover_index_rows: list[tuple[str, str]] = field(default_factory=list)
-    unused_credentials: list[str] = field(default_factory=list)
-
-
-def check_consistency(service) -> Consistency:
-    """Assert the rules of the module docstring; return what was found (for repair and reporting)."""
-    found = Consistency()
-    reset_token_cache()  # the next hand-off must read the credential (a cached access token hides nothing)
-    index = set(index_rows())
-    creds = credential_rows()
-    rows = account_rows()
-    for row in rows:
-        account, cred = row["PartitionKey"], row["credentialId"]
-        whole = cred in creds and (cred, account) in index and secret_exists(credential_secret_name(cred))
-        answer = service.api("GET", f"/v1/account/{account}/oauth-token")
-        if whole:
-            assert answer.status_code == 200, (account, answer.status_code, answer.text)
-            found.whole.append(account)
-        else:
-            assert answer.status_code == 409 and answer.json()["error"] == "reauthentication_required", \
-                (account, cred in creds, (cred, account) in index, answer.status_code, answer.text)
-            found.degraded.append(account)
-    by_account = {row["PartitionKey"]: row["credentialId"] for row in rows}
-    for cred, account in index:
-        if by_account.get(account) != cred:
-            found.leftover_index_rows.append((cred, account))
-    found.unused_credentials = [c for c in creds if not any(i[0] == c for i in index)]
-    return found
 
 
 # --- 1. twenty callbacks for one mailbox ---------------------------------------------------------------
