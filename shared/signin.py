@@ -326,6 +326,9 @@ def _ensure_binding(stored: "_Stored", account_id: str, mailbox: str, settings: 
     current = principals.get_credential(stored.credential.credentialId)
     if current is not None and current.etag == stored.etag:
         return
+    account = accounts.get_account(account_id)
+    if account is None or account.credentialId != stored.credential.credentialId:
+        return  # deleted or re-bound after our commit: that writer's unbind owns the clean-up
     log.warning("account %s: its credential changed during the sign-in; writing the binding again", account_id)
     get_secret_store(settings).set(stored.credential.secretName, stored.refresh_token)
     principals.add_account(stored.credential.credentialId, account_id, mailbox)
