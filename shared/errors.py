@@ -36,3 +36,12 @@ def unavailable(what: str, retry_after: Optional[int] = None) -> ApiError:
     seconds = str(max(1, int(retry_after or 5)))
     return ApiError(503, "unavailable", f"{what} is temporarily unavailable; retry later",
                     headers={"Retry-After": seconds})
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Network failures and 5xx/429 answers from Azure SDK clients (without importing the SDK)."""
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    if names & {"ServiceRequestError", "ServiceResponseError", "ConnectionError", "TimeoutError"}:
+        return True
+    status = getattr(exc, "status_code", None)
+    return "HttpResponseError" in names and isinstance(status, int) and (status >= 500 or status == 429)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar
 
 import azure.functions as func
 
-from shared.errors import ApiError, unavailable
+from shared.errors import ApiError, is_transient, unavailable
 
 if TYPE_CHECKING:
     from pydantic import BaseModel, ValidationError
@@ -100,12 +100,3 @@ def call_api(fn: Callable[[func.HttpRequest], func.HttpResponse], req: func.Http
             return error_response(unavailable("a storage dependency"))
         log.exception("unhandled error in %s", fn.__name__)
         return error_response(ApiError(500, "internal_error", "an internal error occurred"))
-
-
-def is_transient(exc: BaseException) -> bool:
-    """Network failures and 5xx/429 answers from Azure SDK clients (without importing the SDK)."""
-    names = {cls.__name__ for cls in type(exc).__mro__}
-    if names & {"ServiceRequestError", "ServiceResponseError", "ConnectionError", "TimeoutError"}:
-        return True
-    status = getattr(exc, "status_code", None)
-    return "HttpResponseError" in names and isinstance(status, int) and (status >= 500 or status == 429)

@@ -6,6 +6,7 @@ which would otherwise override ``verify`` and send tokens through a proxy nobody
 
 from __future__ import annotations
 
+import functools
 import threading
 from typing import TYPE_CHECKING, Optional
 
@@ -14,6 +15,7 @@ from shared.settings import Settings
 if TYPE_CHECKING:  # pragma: no cover
     import requests
 
+TIMEOUT = (5, 15)  # connect, read (seconds): MSAL ignores its own ``timeout`` once it is given a session
 _lock = threading.Lock()
 _sessions: dict[Optional[str], "requests.Session"] = {}
 
@@ -27,5 +29,6 @@ def http_session(settings: Settings) -> "requests.Session":
             session = requests.Session()
             session.trust_env = False
             session.verify = settings.ca_bundle or True
+            session.request = functools.partial(session.request, timeout=TIMEOUT)  # type: ignore[method-assign]
             _sessions[settings.ca_bundle] = session
         return session

@@ -27,12 +27,12 @@ import secrets
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 from shared import events, linkcodec
 from shared.access_check import DENIED, NOT_FOUND, OK, check_mailbox_access
 from shared.clouds import scopes_for
-from shared.errors import ApiError
+from shared.errors import ApiError, is_transient
 from shared.identity import IdentityError, IdentityUnavailable, Tokens, redeem_code, start_flow
 from shared.models import LinkData
 from shared.oauth_apps import client_secret, forget_client_secret
@@ -160,15 +160,31 @@ def complete(params: dict[str, str], cookies: dict[str, str], settings: Settings
         raise HostedError("browser_mismatch", mailbox=link.email, retry_url=_retry_url(link, settings))
     if pending.expiresAt <= utcnow():
         raise HostedError("session_expired", mailbox=link.email, retry_url=_retry_url(link, settings), cookies=clear)
-    if not flows.claim_flow(pending):
-        raise HostedError("session_unknown", cookies=clear)
+    # From here the app's redirectUrl is known: every failure goes back there (DESIGN.md, the flow).
     try:
+        if not flows.claim_flow(pending):
+            raise HostedError("session_unknown", cookies=clear)
         redirect = _finish(pending, link, params, settings)
     except AppError as exc:
         redirect = _to_app(link, exc.code, exc.description)
-    flows.forget_flow(state)
+    except Exception as exc:  # noqa: BLE001 - storage or a bug: the app gets a clear error, never a 500
+        if is_transient(exc):
+            log.warning("sign-in: a dependency failed (%s); the link can be retried", type(exc).__name__)
+            redirect = _to_app(link, "temporarily_unavailable", "a service we depend on failed; try the link again")
+        else:
+            log.exception("sign-in: unexpected error")
+            redirect = _to_app(link, "server_error", "the sign-in could not be completed; try the link again")
+    _best_effort("forget the flow", flows.forget_flow, state)
     redirect.cookies.extend(clear)
     return redirect
+
+
+def _best_effort(what: str, fn: Callable[..., object], *args: object) -> None:
+    """Clean-up after the outcome is decided: a failure is logged, never turned into an error."""
+    try:
+        fn(*args)
+    except Exception as exc:  # noqa: BLE001
+        log.warning("sign-in: could not %s (%s)", what, type(exc).__name__)
 
 
 def _retry_url(link: LinkData, settings: Settings) -> Optional[str]:
@@ -215,33 +231,37 @@ def _finish(pending: PendingFlow, link: LinkData, params: dict[str, str], settin
     # Before any write: a refused mailbox leaves nothing behind and the link stays usable.
     access = _check_access(app, tokens, mailbox, upn, link.delegated, account_id, settings)
 
-    if not links.claim(link.nonce, account_id, datetime.fromtimestamp(link.exp, timezone.utc)):
+    try:
+        claimed = links.claim(link.nonce, account_id, datetime.fromtimestamp(link.exp, timezone.utc),
+                              owner=pending.state)
+    except Exception:
+        _best_effort("release the link", links.release, link.nonce, pending.state)  # the insert may have landed
+        raise
+    if not claimed:
         raise AppError("link_used", "this sign-in link was already used")
+    now = utcnow()
+    account = Account(
+        account=account_id, email=mailbox, name=link.name or claims.get("name"), delegated=link.delegated,
+        appId=app.id, credentialId=cred_id, signerUpn=upn, signerTid=tid, signerOid=oid,
+        signerName=claims.get("name"), created=now, updated=now,
+        # redirectUrl: where a re-authentication link of an authenticationError webhook sends the user
+        meta={**link.meta, "accessCheck": access, "redirectUrl": link.redirectUrl},
+    )
     try:
         stored = _store_credential(app.id, cred_id, tid, oid, upn, claims.get("name"), tokens, settings)
         principals.add_account(cred_id, account_id, mailbox)
-        now = utcnow()
-        state, previous = _commit_account(Account(
-            account=account_id, email=mailbox, name=link.name or claims.get("name"), delegated=link.delegated,
-            appId=app.id, credentialId=cred_id, signerUpn=upn, signerTid=tid, signerOid=oid,
-            signerName=claims.get("name"), created=now, updated=now,
-            # redirectUrl: where a re-authentication link of an authenticationError webhook sends the user
-            meta={**link.meta, "accessCheck": access, "redirectUrl": link.redirectUrl},
-        ))
-    except SecretStoreUnavailable:
-        links.release(link.nonce)
-        raise AppError("temporarily_unavailable", "the credential could not be stored; try the link again") from None
-    except ApiError as exc:  # the account row kept changing under us (COMMIT_ATTEMPTS lost races)
-        links.release(link.nonce)
-        if exc.status != 503:
-            raise
-        raise AppError("temporarily_unavailable", "the account is being changed right now; try the link again") from None
-    except BaseException:
-        links.release(link.nonce)
+        state, previous = _commit(account)
+    except BaseException as exc:
+        _undo_before_commit(link.nonce, pending.state, cred_id, account_id, settings)
+        if isinstance(exc, SecretStoreUnavailable):
+            raise AppError("temporarily_unavailable", "the credential could not be stored; try the link again") from None
+        if isinstance(exc, ApiError) and exc.status == 503:  # the account row kept changing under us
+            raise AppError("temporarily_unavailable", "the account is being changed right now; try the link again") from None
         raise
+    # Committed: the outcome is decided, and clean-up failures must not turn it into an error.
     if previous is not None and previous.credentialId != cred_id:
-        unbind(previous.credentialId, account_id, settings)
-    _ensure_binding(stored, account_id, mailbox, settings)
+        _best_effort("unbind the previous credential", unbind, previous.credentialId, account_id, settings)
+    _best_effort("check the binding", _ensure_binding, stored, account_id, mailbox, settings)
     if stored.was_broken:
         _mark_connected(cred_id)
     log.info("account %s %s (delegated=%s, access check %s)", account_id, state, link.delegated, access)
@@ -334,6 +354,40 @@ def _ensure_binding(stored: "_Stored", account_id: str, mailbox: str, settings: 
     principals.add_account(stored.credential.credentialId, account_id, mailbox)
     if current is None:
         principals.upsert_credential(stored.credential)
+
+
+def _commit(account: Account) -> tuple[str, Optional[Account]]:
+    """``_commit_account``, where a failure whose write may still have landed (a lost answer) is settled by
+    reading the row back: our write is recognised by its ``updated`` timestamp and credential."""
+    try:
+        return _commit_account(account)
+    except Exception as exc:
+        if not is_transient(exc):
+            raise
+        try:
+            current = accounts.get_account(account.account)
+        except Exception:  # noqa: BLE001 - still unknown: report the original failure
+            raise exc from None
+        if current is None or current.credentialId != account.credentialId or current.updated != account.updated:
+            raise
+        log.warning("account %s: the commit's answer was lost, but the write landed", account.account)
+        return ("new" if current.created == account.created else "existing"), None
+
+
+def _undo_before_commit(nonce: str, owner: str, cred_id: str, account_id: str, settings: Settings) -> None:
+    """A failure before the commit: free the link for a retry and take back a binding no account uses.
+
+    Best effort (storage may be what failed); ``unbind`` keeps the credential when the account row points at
+    it (a re-authorisation by the same signer) or when other accounts use it.
+    """
+    _best_effort("release the link", links.release, nonce, owner)
+    try:
+        current = accounts.get_account(account_id)
+    except Exception as exc:  # noqa: BLE001
+        log.warning("sign-in: could not check the account after a failure (%s)", type(exc).__name__)
+        return
+    if current is None or current.credentialId != cred_id:
+        _best_effort("take back the new binding", unbind, cred_id, account_id, settings)
 
 
 def _commit_account(account: Account) -> tuple[str, Optional[Account]]:

@@ -30,7 +30,7 @@ def oauth_callback(req: func.HttpRequest) -> func.HttpResponse:
 
 
 def _hosted(action: Callable[[], "Redirect"]) -> func.HttpResponse:
-    from shared.http import is_transient
+    from shared.errors import is_transient
     from shared.pages import SECURITY_HEADERS, page_response
     from shared.signin import HostedError
 
