@@ -56,11 +56,13 @@ def env(monkeypatch: pytest.MonkeyPatch, azurite: Azurite, table_prefix: str, tm
 def _reset() -> None:
     from shared.identity import _http_cache
     from shared.secrets.factory import reset_secret_store
+    from shared.tokens import reset_token_cache
 
     get_settings.cache_clear()
     reset_clients()
     reset_secret_store()
     _http_cache.clear()  # MSAL discovery is keyed by URL, and fakes of different tests may reuse a port
+    reset_token_cache()  # access tokens cached in memory by an earlier test
 
 
 @pytest.fixture

@@ -128,3 +128,10 @@ class SignIn:
         """The query the app receives on its redirectUrl."""
         assert self.location.startswith(APP_REDIRECT), (self.final.status_code, self.location, self.final.text[:500])
         return query(self.location)
+
+
+def connect(service: Service, user: Any, **link: Any) -> str:
+    """Sign ``user`` in with a fresh link; the account id (any error fails the test)."""
+    result = service.sign_in(service.link(**link), user).result
+    assert "error" not in result, result
+    return result["account"]

@@ -8,6 +8,8 @@ from datetime import timedelta
 
 import pytest
 
+from tests.service import connect
+
 from shared.keepalive import run_keepalive
 from shared.secrets import SecretStoreUnavailable, get_secret_store
 from shared.settings import get_settings
@@ -17,19 +19,6 @@ from shared.tables.accounts import AUTH_ERROR, CONNECTED
 from shared.tables.client import table
 from shared.tables.records import utcnow
 from shared.tokens import reset_token_cache
-
-
-@pytest.fixture(autouse=True)
-def _fresh_token_cache():
-    reset_token_cache()
-    yield
-    reset_token_cache()
-
-
-def connect(service, user, **link) -> str:
-    result = service.sign_in(service.link(**link), user).result
-    assert "error" not in result, result
-    return result["account"]
 
 
 def cred(service, user) -> str:

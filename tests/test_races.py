@@ -48,13 +48,6 @@ ROUNDS = 12
 pytestmark = pytest.mark.timeout(300)
 
 
-@pytest.fixture(autouse=True)
-def _fresh_token_cache():
-    reset_token_cache()
-    yield
-    reset_token_cache()
-
-
 # --- helpers (the invariant checks and sign-in helpers live in tests/invariants.py) -------------------
 
 def together(*actions: Callable[[], Any]) -> list[Any]:

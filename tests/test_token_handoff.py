@@ -18,25 +18,13 @@ from shared.tables import accounts, principals
 from shared.tables.apitokens import create_token
 from shared.tables.records import utcnow
 from shared.tokens import mark_connected, mark_reauthentication_required, reset_token_cache
-from tests.service import Service
+from tests.service import Service, connect
 
 IMAP_SCOPE = "https://outlook.office.com/IMAP.AccessAsUser.All"
 SMTP_SCOPE = "https://outlook.office.com/SMTP.Send"
 
 
-@pytest.fixture(autouse=True)
-def _fresh_token_cache():
-    reset_token_cache()
-    yield
-    reset_token_cache()
-
-
 # --- helpers ------------------------------------------------------------------------------------------
-
-def connect(service, user, **link) -> str:
-    result = service.sign_in(service.link(**link), user).result
-    assert "error" not in result, result
-    return result["account"]
 
 
 def get_token(service, account: str, **kwargs):

@@ -20,7 +20,7 @@ from shared.tables.client import table
 from shared.tokens import reset_token_cache
 from shared.webhooks import MAX_AGE, Dispatcher, verify_signature
 from tests.fakes.webhooks import Clock, Receiver
-from tests.service import APP_REDIRECT, query
+from tests.service import APP_REDIRECT, connect, query
 
 
 @pytest.fixture(autouse=True)
@@ -47,12 +47,6 @@ def register(service, url: str, **body) -> dict:
     response = service.api("POST", "/v1/webhooks", json={"url": url, **body})
     assert response.status_code == 201, response.text
     return response.json()
-
-
-def connect(service, user, **link) -> str:
-    result = service.sign_in(service.link(**link), user).result
-    assert "error" not in result, result
-    return result["account"]
 
 
 def dispatch(clock: Clock, **kwargs) -> webhooks.RunReport:
