@@ -167,6 +167,8 @@ def complete(params: dict[str, str], cookies: dict[str, str], settings: Settings
         redirect = _finish(pending, link, params, settings)
     except AppError as exc:
         redirect = _to_app(link, exc.code, exc.description)
+    except HostedError:
+        raise  # the flow was consumed by another callback: nothing of this one to report to the app
     except Exception as exc:  # noqa: BLE001 - storage or a bug: the app gets a clear error, never a 500
         if is_transient(exc):
             log.warning("sign-in: a dependency failed (%s); the link can be retried", type(exc).__name__)
