@@ -84,19 +84,7 @@ class Stack:
 
 
 @pytest.fixture
-def fresh_discovery_cache() -> Iterator[None]:
-    """MSAL's discovery cache is process-wide and keyed by URL. A sandbox advertises its sign-in page on
-    another port than a plain fake does, so a later fake on a reused port must not get this one's
-    discovery document (nor this sandbox an earlier fake's)."""
-    from shared import identity
-
-    identity._http_cache.clear()
-    yield
-    identity._http_cache.clear()
-
-
-@pytest.fixture
-def stack(env, set_env, fresh_discovery_cache) -> Iterator[Stack]:
+def stack(env, set_env) -> Iterator[Stack]:  # env also clears MSAL's discovery cache
     from shared.settings import get_settings
     from shared.tables.apitokens import create_token
     from tools.azurite import free_port

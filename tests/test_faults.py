@@ -72,11 +72,14 @@ DEVIATION = {
     "error-after-commit": "the account row was committed, yet the person got an error and the app no redirect "
                           "with the account",
     "dead-link": "the link nonce stays claimed without an account, so the same link is refused ('already used'): "
-                 "the compensating links.release() could not run (storage down for the whole callback)",
+                 "the compensating links.release() could not run (storage down for the whole callback); a sweeper "
+                 "taking over claims older than the flow TTL whose account does not exist would free it",
     "consumed-flow-left": "a consumed flow row is left behind although its delete did not fail",
     "relinked": "the link signed in a second time after it had produced an account: the nonce was released "
                 "although the commit had landed (invariant 3)",
-    "orphan": "rows or a secret no account reaches after the retry (tests.invariants.problems)",
+    "orphan": "rows or a secret no account reaches after the retry (tests.invariants.problems): the take-back "
+              "of the failed attempt's binding needs the storage that was down; a sweeper of credentials no "
+              "account points at would remove them",
     "not-working": "the account's token hand-off does not answer 200 after the retry",
     "token-in-table": "a refresh token in a table row (invariant 5)",
     "marked-broken": "a transient failure marked the account authenticationError",
@@ -114,8 +117,8 @@ class Deviations:
 
 
 def case(case_id: str, *values: Any, known: frozenset[str] = frozenset()):
-    marks = [pytest.mark.xfail(strict=True, raises=KnownDeviation,
-                               reason="known: " + ", ".join(sorted(known)))] if known else []
+    why = "; ".join(f"{code}: {DEVIATION[code]}" for code in sorted(known))
+    marks = [pytest.mark.xfail(strict=True, raises=KnownDeviation, reason=f"known deviation ({why})")] if known else []
     return pytest.param(*values, known, id=case_id, marks=marks)
 
 

@@ -212,19 +212,7 @@ def test_sandbox_choice_rejects_a_bad_setting():
 # ----------------------------------------------------------------------------- with the service
 
 @pytest.fixture
-def fresh_discovery_cache() -> Iterator[None]:
-    """MSAL's discovery cache is process-wide and keyed by URL. A sandbox advertises its sign-in page on
-    another port than a plain fake does, so a later fake on a reused port must not get this one's
-    discovery document (nor this sandbox an earlier fake's)."""
-    from shared import identity
-
-    identity._http_cache.clear()
-    yield
-    identity._http_cache.clear()
-
-
-@pytest.fixture
-def demo_stack(env, set_env, fresh_discovery_cache):
+def demo_stack(env, set_env):  # env also clears MSAL's discovery cache
     """The service on the local host, pointed at a sandbox, with the sandbox app and the demo app."""
     from shared.settings import get_settings
     from shared.tables.apitokens import create_token

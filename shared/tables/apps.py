@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import ClassVar, Optional
 
 from shared.tables.client import table
-from shared.tables.records import Record, is_missing, is_precondition_failed, utcnow
+from shared.tables.records import Record, is_missing, update_if_unchanged, utcnow
 
 TABLE = "apps"
 PARTITION = "app"
@@ -90,16 +90,7 @@ def clear_cache() -> None:
 
 def replace_app(app: OAuthApp) -> bool:
     """Replace the row read as ``app`` (its etag); False when someone else changed or deleted it meanwhile."""
-    from azure.core import MatchConditions
-    from azure.data.tables import UpdateMode
-
     try:
-        table(TABLE).update_entity(app.to_entity(PARTITION, app.id), mode=UpdateMode.REPLACE, etag=app.etag,
-                                   match_condition=MatchConditions.IfNotModified)
-    except Exception as exc:
-        if is_precondition_failed(exc):
-            return False
-        raise
+        return update_if_unchanged(table(TABLE), app.to_entity(PARTITION, app.id), app.etag) is not None
     finally:
         _forget(app.id)
-    return True

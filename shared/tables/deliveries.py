@@ -9,10 +9,11 @@ is the exact JSON the target receives (the same on every attempt), so a signatur
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Iterator, Optional
+from itertools import islice
+from typing import Any, Iterator, Optional
 
 from shared.tables.client import table
-from shared.tables.records import Record, is_conflict, is_missing, is_precondition_failed
+from shared.tables.records import Record, is_conflict, is_missing, update_if_unchanged
 
 TABLE = "deliveries"
 PENDING = "pending"
@@ -61,18 +62,11 @@ def get(target: str, event_id: str) -> Optional[Delivery]:
 
 def replace(delivery: Delivery) -> Optional[Delivery]:
     """Write the row read as ``delivery`` under its ETag; the row with its new ETag, or None if it changed."""
-    from azure.core import MatchConditions
-    from azure.data.tables import UpdateMode
-
-    try:
-        result = table(TABLE).update_entity(delivery.entity(), mode=UpdateMode.REPLACE, etag=delivery.etag,
-                                            match_condition=MatchConditions.IfNotModified)
-    except Exception as exc:
-        if is_precondition_failed(exc):
-            return None
-        raise
+    result = update_if_unchanged(table(TABLE), delivery.entity(), delivery.etag)
+    if result is None:
+        return None
     updated = delivery.model_copy()
-    updated.etag = (result or {}).get("etag")
+    updated.etag = result.get("etag")
     return updated
 
 
@@ -88,26 +82,16 @@ def delete(delivery: Delivery) -> None:
 def due(now: datetime, limit: int = 1000) -> list[Delivery]:
     """Pending deliveries whose next attempt is due, across all targets (a filtered scan: the table only
     holds undelivered events and dead letters)."""
-    rows = table(TABLE).query_entities("status eq @pending and nextAttemptAt le @now",
-                                       parameters={"pending": PENDING, "now": now},
-                                       results_per_page=min(limit, 1000))
-    found = []
-    for entity in rows:
-        found.append(Delivery.from_entity(entity))
-        if len(found) >= limit:
-            break
-    return found
+    return _query("status eq @pending and nextAttemptAt le @now", {"pending": PENDING, "now": now}, limit)
 
 
 def dead(limit: int = 1000) -> list[Delivery]:
-    rows = table(TABLE).query_entities("status eq @dead", parameters={"dead": DEAD},
-                                       results_per_page=min(limit, 1000))
-    found = []
-    for entity in rows:
-        found.append(Delivery.from_entity(entity))
-        if len(found) >= limit:
-            break
-    return found
+    return _query("status eq @dead", {"dead": DEAD}, limit)
+
+
+def _query(query: str, parameters: dict[str, Any], limit: int) -> list[Delivery]:
+    rows = table(TABLE).query_entities(query, parameters=parameters, results_per_page=min(limit, 1000))
+    return [Delivery.from_entity(entity) for entity in islice(rows, limit)]
 
 
 def of_target(target: str) -> Iterator[Delivery]:

@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Any, ClassVar, Optional
 
 from shared.tables.client import table
-from shared.tables.records import Record, is_missing, is_precondition_failed
+from shared.tables.records import Record, is_missing, update_if_unchanged
 
 TABLE = "flows"
 
@@ -43,18 +43,8 @@ def claim_flow(flow: PendingFlow) -> bool:
     by ``forget_flow`` once the callback is done; unconsumed expired rows are left for a clean-up job
     (Table Storage has no TTL).
     """
-    from azure.core import MatchConditions
-    from azure.data.tables import UpdateMode
-
-    try:
-        table(TABLE).update_entity({"PartitionKey": flow.state, "RowKey": "", "consumed": True},
-                                   mode=UpdateMode.MERGE, etag=flow.etag,
-                                   match_condition=MatchConditions.IfNotModified)
-    except Exception as exc:
-        if is_precondition_failed(exc):
-            return False
-        raise
-    return True
+    entity = {"PartitionKey": flow.state, "RowKey": "", "consumed": True}
+    return update_if_unchanged(table(TABLE), entity, flow.etag, merge=True) is not None
 
 
 def forget_flow(state: str) -> None:

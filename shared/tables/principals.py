@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import ClassVar, Iterator, Optional
 
 from shared.tables.client import table
-from shared.tables.records import Record, is_missing, is_precondition_failed
+from shared.tables.records import Record, delete_if_unchanged, is_missing, update_if_unchanged
 
 TABLE = "principals"
 CREDENTIAL_ROW = "credential"
@@ -100,16 +100,7 @@ def account_ids(credential_id: str) -> list[str]:
 
 def delete_credential_row(credential: Credential) -> bool:
     """Delete the credential row only if nobody rewrote it since ``credential`` was read."""
-    from azure.core import MatchConditions
-
-    try:
-        table(TABLE).delete_entity(credential.credentialId, CREDENTIAL_ROW, etag=credential.etag,
-                                   match_condition=MatchConditions.IfNotModified)
-    except Exception as exc:
-        if is_precondition_failed(exc):
-            return False
-        raise
-    return True
+    return delete_if_unchanged(table(TABLE), credential.credentialId, CREDENTIAL_ROW, credential.etag)
 
 
 # --- keep-alive (shared.keepalive) ----------------------------------------------------------------------
@@ -131,15 +122,5 @@ def clear_broken(credential_id: str) -> None:
 def mark_keep_alive_failed(credential: Credential, at: datetime) -> bool:
     """Record a failed keep-alive on the row read as ``credential`` (its ETag), so it waits before the
     next try. False when a sign-in rewrote the row meanwhile."""
-    from azure.core import MatchConditions
-    from azure.data.tables import UpdateMode
-
     entity = {"PartitionKey": credential.credentialId, "RowKey": CREDENTIAL_ROW, "keepAliveAt": at}
-    try:
-        table(TABLE).update_entity(entity, mode=UpdateMode.MERGE, etag=credential.etag,
-                                   match_condition=MatchConditions.IfNotModified)
-    except Exception as exc:
-        if is_precondition_failed(exc):
-            return False
-        raise
-    return True
+    return update_if_unchanged(table(TABLE), entity, credential.etag, merge=True) is not None

@@ -52,3 +52,34 @@ def is_precondition_failed(exc: BaseException) -> bool:
     return type(exc).__name__ in ("ResourceModifiedError", "ResourceNotFoundError") or (
         getattr(exc, "status_code", None) == 412
     )
+
+
+def update_if_unchanged(client: Any, entity: dict[str, Any], etag: Optional[str], *,
+                        merge: bool = False) -> Optional[dict[str, Any]]:
+    """Replace (or merge into) the row read with ``etag``; the answer's metadata (its new ``etag``), or None
+    when someone changed or deleted the row meanwhile."""
+    from azure.core import MatchConditions
+    from azure.data.tables import UpdateMode
+
+    try:
+        result = client.update_entity(entity, mode=UpdateMode.MERGE if merge else UpdateMode.REPLACE, etag=etag,
+                                      match_condition=MatchConditions.IfNotModified)
+    except Exception as exc:
+        if is_precondition_failed(exc):
+            return None
+        raise
+    return result or {}
+
+
+def delete_if_unchanged(client: Any, partition_key: str, row_key: str, etag: Optional[str]) -> bool:
+    """Delete the row read with ``etag``; False when someone rewrote it meanwhile (the SDK reports a row that
+    is already gone as deleted)."""
+    from azure.core import MatchConditions
+
+    try:
+        client.delete_entity(partition_key, row_key, etag=etag, match_condition=MatchConditions.IfNotModified)
+    except Exception as exc:
+        if is_precondition_failed(exc):
+            return False
+        raise
+    return True
