@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 # Infrastructure checkers (checkov, pycep) pin many packages: they live in their own venv.
 IAC_VENV := .venv-iac
 
-.PHONY: run test deps clean bench
+.PHONY: run test deps browser clean bench
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -28,10 +28,14 @@ $(IAC_VENV)/.installed: requirements-iac.txt
 
 deps: $(VENV)/.installed node_modules/.installed $(IAC_VENV)/.installed
 
+# Debian's chromium for the browser tests, installed when missing and allowed (tools/ensure_chromium.sh).
+browser:
+	@sh tools/ensure_chromium.sh
+
 run: deps
 	$(PY) -m tools.run_local
 
-test: deps
+test: deps browser
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # Cost benchmark (not part of `make test`): latency, req/s and Table/Key Vault/Microsoft calls per operation,

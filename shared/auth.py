@@ -1,11 +1,13 @@
-"""API authentication: ``Authorization: Bearer <api token>``, checked against stored hashes on every call."""
+"""API authentication: ``Authorization: Bearer <api token>``, checked against stored hashes on every call.
+
+A ``mcb_`` token is the one-time admin bootstrap of a private deployment (:mod:`shared.bootstrap`)."""
 
 from __future__ import annotations
 
 import azure.functions as func
 
 from shared.errors import ApiError
-from shared.tables.apitokens import ApiToken, find_token
+from shared.tables.apitokens import BOOTSTRAP_PREFIX, ApiToken, find_token
 
 
 def require_token(req: func.HttpRequest, scope: str = "api") -> ApiToken:
@@ -14,7 +16,13 @@ def require_token(req: func.HttpRequest, scope: str = "api") -> ApiToken:
     if scheme.lower() != "bearer" or not token.strip():
         raise ApiError(401, "unauthorized", "send Authorization: Bearer <api token>",
                        headers={"WWW-Authenticate": 'Bearer realm="mailbox-connect"'})
-    record = find_token(token.strip())
+    token = token.strip()
+    if token.startswith(BOOTSTRAP_PREFIX):  # the one-time admin bootstrap; mc_ tokens never pay for it
+        from shared.bootstrap import authenticate
+
+        record = authenticate(token)
+    else:
+        record = find_token(token)
     if record is None:
         raise ApiError(401, "unauthorized", "the API token is not valid or was revoked",
                        headers={"WWW-Authenticate": 'Bearer realm="mailbox-connect", error="invalid_token"'})

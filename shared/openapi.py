@@ -271,8 +271,10 @@ def _document(server_url: str) -> dict[str, Any]:
         "paths": paths,
         "components": {
             "schemas": schemas,
-            "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer",
-                                               "description": "An API token (`mc_...`) with scope `api` or `admin`"}},
+            "securitySchemes": {"bearerAuth": {
+                "type": "http", "scheme": "bearer",
+                "description": "An API token (`mc_...`) with scope `api` or `admin`, or the one-time admin bootstrap "
+                               "token (`mcb_...`: scope `admin` only, until an admin token exists)"}},
         },
     }
 

@@ -61,22 +61,38 @@ LOCAL_ONLY_SETTINGS = {
 DERIVED_FIELDS = {"in_azure": "set from the WEBSITE_* markers the platform sets"}
 # Settings the template sets for the Functions host rather than for the code.
 HOST_SETTINGS = {
-    "AzureWebJobsStorage__accountName",
+    "AzureWebJobsStorage__blobServiceUri",
+    "AzureWebJobsStorage__queueServiceUri",
+    "AzureWebJobsStorage__tableServiceUri",
     "AzureWebJobsStorage__credential",
     "AzureWebJobsStorage__clientId",
     "APPLICATIONINSIGHTS_CONNECTION_STRING",
     "APPLICATIONINSIGHTS_AUTHENTICATION_STRING",
 }
-# Settings that must never appear: key-based connections, or settings Flex Consumption rejects.
+# Settings that must never appear: key-based connections, and those that only work in public Azure.
 FORBIDDEN_SETTINGS = {
-    "AzureWebJobsStorage",  # a connection string (account key); identity-based __accountName instead
-    "WEBSITE_CONTENTAZUREFILECONNECTIONSTRING",
-    "WEBSITE_CONTENTSHARE",
+    "AzureWebJobsStorage",  # a connection string (account key); identity-based service URIs instead
+    "AzureWebJobsStorage__accountName",  # derives public Azure's host names; sovereign clouds need the URIs
     "APPINSIGHTS_INSTRUMENTATIONKEY",
-    "FUNCTIONS_WORKER_RUNTIME",  # Flex Consumption: functionAppConfig.runtime
-    "FUNCTIONS_EXTENSION_VERSION",
-    "WEBSITE_RUN_FROM_PACKAGE",  # Flex Consumption: functionAppConfig.deployment
 }
+
+# What Flex Consumption refuses or ignores (Microsoft's Flex Consumption docs, "deprecated properties and
+# settings"; ARM answers 51021 for ftpsState). Runtime, scale and deployment live in functionAppConfig.
+FLEX_REFUSED_SITE_PROPERTIES = {
+    "ftpsState", "alwaysOn", "linuxFxVersion", "windowsFxVersion", "use32BitWorkerProcess",
+    "functionAppScaleLimit", "minimumElasticInstanceCount", "preWarmedInstanceCount", "javaVersion",
+    "netFrameworkVersion", "powerShellVersion", "containerSize", "http20Enabled", "scmMinTlsVersion",
+    "vnetRouteAllEnabled", "dailyMemoryTimeQuota",
+}
+FLEX_REFUSED_APP_SETTINGS = {
+    "FUNCTIONS_WORKER_RUNTIME", "FUNCTIONS_WORKER_RUNTIME_VERSION", "FUNCTIONS_EXTENSION_VERSION",
+    "FUNCTIONS_MAX_HTTP_CONCURRENCY", "FUNCTIONS_WORKER_PROCESS_COUNT", "FUNCTIONS_WORKER_DYNAMIC_CONCURRENCY_ENABLED",
+    "WEBSITE_RUN_FROM_PACKAGE", "WEBSITE_CONTENTAZUREFILECONNECTIONSTRING", "WEBSITE_CONTENTSHARE",
+    "WEBSITE_CONTENTOVERVNET", "WEBSITE_VNET_ROUTE_ALL", "WEBSITE_NODE_DEFAULT_VERSION", "WEBSITE_USE_PLACEHOLDER",
+    "WEBSITE_MAX_DYNAMIC_APPLICATION_SCALE_OUT", "WEBSITE_SKIP_CONTENTSHARE_VALIDATION",
+    "SCM_DO_BUILD_DURING_DEPLOYMENT", "ENABLE_ORYX_BUILD", "PYTHON_ISOLATE_WORKER_DEPENDENCIES",
+}
+FLEX_REFUSED_APP_SETTING_PREFIXES = ("WEBSITE_CONTENT",)
 # Tables of shared/tables TABLES that the template does not create.
 LOCAL_ONLY_TABLES = {
     "secrets": "only the local encrypted secret store uses it; in Azure secrets live in Key Vault",
@@ -85,16 +101,20 @@ LOCAL_ONLY_TABLES = {
 # Built-in role definition ids.
 ROLE_IDS = {
     "storageBlobDataOwner": "b7e6dc6d-f1e8-4753-8033-0f276bb0955b",
+    "storageBlobDataContributor": "ba92f5b4-2d11-453d-a403-e96b0029c9fe",
     "storageTableDataContributor": "0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3",
     "keyVaultSecretsOfficer": "b86a8fe4-44ce-4948-aee5-eccb2c155cd7",
     "monitoringMetricsPublisher": "3913510d-42f4-4e42-8a64-420c390055eb",
 }
+# The runtime identity's Key Vault role is the custom appSecretsRole (Secrets Officer less purge, backup
+# and restore); the deployment identity may only touch the package container.
 APP_IDENTITY_ROLES = {
     "storageBlobDataOwner",
     "storageTableDataContributor",
-    "keyVaultSecretsOfficer",
+    "appSecretsRole",
     "monitoringMetricsPublisher",
 }
+DEPLOY_IDENTITY_ROLES = {"storageBlobDataContributor"}
 ADMIN_ROLES = {"storageTableDataContributor", "keyVaultSecretsOfficer"}
 
 # Outputs azd saves, the hook reads and docs/deploy.md uses.
@@ -296,12 +316,57 @@ def test_modules_referenced_by_main_exist(bicep):
 # ---------------------------------------------------------------------------------------------------
 
 
-def test_checkov_passes_with_the_documented_skips(record_property):
-    report, elapsed = run_checkov(BICEP_DIR, config=CHECKOV_CONFIG)
+# checkov cannot evaluate `privateNetworking ? a : b`, so each mode is scanned as its own copy of the
+# templates with the switch decided. Every use of the switch is a one-line ternary of two plain values or
+# an `if (privateNetworking)` condition; test_the_network_switch_can_be_decided checks that stays true.
+SWITCH = re.compile(r"privateNetworking \? (\S+) : (\S+)")
+NETWORK_CHECKS = {"CKV_AZURE_35", "CKV_AZURE_59", "CKV_AZURE_109", "CKV_AZURE_189"}
+
+
+def decided_copy(tmp_path: Path, *, private: bool) -> Path:
+    """infra/bicep with privateNetworking decided (and its default set), for checkov."""
+    copy = tmp_path / ("private" if private else "public") / "bicep"
+    shutil.copytree(BICEP_DIR, copy, ignore=shutil.ignore_patterns(".checkov.yaml"))
+    for path in copy.rglob("*.bicep"):
+        text = SWITCH.sub(lambda m: m.group(1 if private else 2), path.read_text())
+        text = text.replace("param privateNetworking bool = false", f"param privateNetworking bool = {str(private).lower()}")
+        path.write_text(text)
+    return copy
+
+
+def test_the_network_switch_can_be_decided():
+    for path in BICEP_FILES:
+        for line in path.read_text().splitlines():
+            code = line.split("//", 1)[0]
+            if "privateNetworking" not in code:
+                continue
+            assert (SWITCH.search(code) or "if (privateNetworking)" in code or re.search(r"param privateNetworking bool( = false)?$", code.strip())
+                    or re.fullmatch(r"\s*privateNetworking: privateNetworking", code)
+                    or "string(privateNetworking)" in code), f"{path.name}: a use of privateNetworking decided_copy() cannot decide: {line.strip()}"
+
+
+def test_checkov_passes_with_the_documented_skips(record_property, tmp_path):
+    report, elapsed = run_checkov(decided_copy(tmp_path, private=False), config=CHECKOV_CONFIG)
     record_property("checkov_seconds", round(elapsed, 1))
     print(f"checkov took {elapsed:.1f}s: {report['summary']}")
     problems = checkov_problems(report)
     assert not problems, "checkov:\n" + "\n".join(problems)
+
+
+def test_private_networking_passes_the_network_checks_without_skips(tmp_path):
+    """With the option on, storage and Key Vault pass CKV_AZURE_35/59/109/189 with no skip of them."""
+    config = tmp_path / "checkov.yaml"
+    config.write_text("\n".join(line for line in CHECKOV_CONFIG.read_text().splitlines()
+                                if line.strip().removeprefix("- ") not in NETWORK_CHECKS) + "\n")
+    assert not NETWORK_CHECKS & set(re.findall(r"CKV2?_AZURE_\d+", config.read_text()))
+    report, _ = run_checkov(decided_copy(tmp_path, private=True), config=config)
+    problems = checkov_problems(report)
+    assert not problems, "checkov (private networking):\n" + "\n".join(problems)
+    passed = {(c["check_id"], c["resource"]) for c in report["results"]["passed_checks"]}
+    for check in NETWORK_CHECKS:
+        resources = {resource for check_id, resource in passed if check_id == check}
+        expected = 2 if check in {"CKV_AZURE_35", "CKV_AZURE_59"} else 1  # two storage accounts, one vault
+        assert len(resources) == expected, f"{check} passed on {resources}"
 
 
 def test_every_skip_has_a_reason_and_is_still_needed(tmp_path):
@@ -309,11 +374,9 @@ def test_every_skip_has_a_reason_and_is_still_needed(tmp_path):
     assert skips, "no skip list found in .checkov.yaml"
     for check_id, reason in skips.items():
         assert len(reason) >= 30, f"{check_id} is skipped without a reason comment above it"
-    # Without the skip list, exactly the skipped checks fail: a skip that no longer fires must go.
-    # (checkov reads the .checkov.yaml of the scanned folder by itself: scan a copy without it.)
-    copy = tmp_path / "bicep"
-    shutil.copytree(BICEP_DIR, copy, ignore=shutil.ignore_patterns(".checkov.yaml"))
-    report, _ = run_checkov(copy, config=None)
+    # Without the skip list, exactly the skipped checks fail (default, public mode): a skip that no longer
+    # fires must go. (checkov reads the .checkov.yaml of the scanned folder by itself: the copy has none.)
+    report, _ = run_checkov(decided_copy(tmp_path, private=False), config=None)
     failing = {c["check_id"] for c in report["results"].get("failed_checks", [])}
     assert not report["summary"].get("parsing_errors")
     assert failing - set(skips) == set(), f"failing and not skipped: {failing - set(skips)}"
@@ -354,7 +417,7 @@ def _without_comments(text: str) -> str:
 def test_no_keys_are_listed_or_embedded():
     for path in [*BICEP_FILES, BICEP_DIR / "main.parameters.json"]:
         text = _without_comments(path.read_text())
-        assert "/*" not in text, f"{path.name}: use // comments (this check strips only those)"
+        assert not re.search(r"(^|\s)/\*", text), f"{path.name}: use // comments (this check strips only those)"
         assert not re.search(r"\blist[A-Za-z]*\(", text), f"{path.name}: list*() returns keys or secrets"
         for marker in ("AccountKey=", "SharedAccessSignature", "DefaultEndpointsProtocol", "InstrumentationKey="):
             assert marker not in text, f"{path.name}: {marker}"
@@ -362,12 +425,15 @@ def test_no_keys_are_listed_or_embedded():
 
 
 def test_storage_refuses_shared_keys_and_public_blobs(bicep):
-    props = one(bicep, "Microsoft.Storage/storageAccounts")["properties"]
-    assert props["allowSharedKeyAccess"] is False
-    assert props["allowBlobPublicAccess"] is False
-    assert props["minimumTlsVersion"] == "TLS1_2"
-    assert props["supportsHttpsTrafficOnly"] is True
-    assert props["defaultToOAuthAuthentication"] is True
+    accounts = resources_of_type(bicep, "Microsoft.Storage/storageAccounts")
+    assert len(accounts) == 2, "the host/tables account and the deployment package account"
+    for account in accounts:
+        props = account["config"]["properties"]
+        assert props["allowSharedKeyAccess"] is False
+        assert props["allowBlobPublicAccess"] is False
+        assert props["minimumTlsVersion"] == "TLS1_2"
+        assert props["supportsHttpsTrafficOnly"] is True
+        assert props["defaultToOAuthAuthentication"] is True
     for container in resources_of_type(bicep, "Microsoft.Storage/storageAccounts/blobServices/containers"):
         assert container["config"]["properties"]["publicAccess"] == "None"
 
@@ -457,13 +523,81 @@ def test_role_assignments(bicep):
     variables = {name: v["value"] for name, v in roles["variables"].items()}
     for name, role_id in ROLE_IDS.items():
         assert variables.get(name) == role_id, f"{name} must be the built-in role {role_id}"
-    granted: dict[str, set[str]] = {"identityPrincipalId": set(), "adminPrincipalId": set()}
+    granted: dict[str, set[str]] = {"identityPrincipalId": set(), "adminPrincipalId": set(),
+                                    "deployIdentityPrincipalId": set()}
+    scopes: dict[str, str] = {}
     for resource in resources_of_type(bicep, "Microsoft.Authorization/roleAssignments"):
         props = resource["config"]["properties"]
-        role = next(name for name in ROLE_IDS if name in json.dumps(props["roleDefinitionId"]))
+        role = next(name for name in [*ROLE_IDS, "appSecretsRole"] if name in json.dumps(props["roleDefinitionId"]))
         granted[props["principalId"]].add(role)
+        scopes[f"{props['principalId']}:{role}"] = resource["config"]["scope"]
     assert granted["identityPrincipalId"] == APP_IDENTITY_ROLES
+    assert granted["deployIdentityPrincipalId"] == DEPLOY_IDENTITY_ROLES
     assert granted["adminPrincipalId"] == ADMIN_ROLES
+    # The deployment identity reaches the package container only; the runtime identity has no role on the
+    # package account at all, so it cannot overwrite the code it runs.
+    assert scopes["deployIdentityPrincipalId:storageBlobDataContributor"] == "packageContainer"
+    assert all(scope in {"storage", "vault", "appInsights"} for key, scope in scopes.items()
+               if key.startswith("identityPrincipalId:"))
+
+
+def test_runtime_key_vault_role_is_secrets_officer_without_purge_backup_restore(bicep):
+    role = one(bicep, "Microsoft.Authorization/roleDefinitions")["properties"]
+    assert role["type"] == "CustomRole"
+    (permission,) = role["permissions"]
+    assert permission["actions"] == [] and permission["notActions"] == []
+    assert permission["dataActions"] == ["Microsoft.KeyVault/vaults/secrets/*"]
+    assert set(permission["notDataActions"]) == {
+        f"Microsoft.KeyVault/vaults/secrets/{action}/action" for action in ("purge", "backup", "restore")}
+    assert len(role["assignableScopes"]) == 1 and "resource_group" in json.dumps(role["assignableScopes"])
+
+
+def _walk_keys(value: Any) -> set[str]:
+    """Every property name anywhere below a parsed value."""
+    keys: set[str] = set()
+    if isinstance(value, dict):
+        for key, item in value.items():
+            keys.add(key)
+            keys |= _walk_keys(item)
+    elif isinstance(value, list):
+        for item in value:
+            keys |= _walk_keys(item)
+    return keys
+
+
+def test_nothing_flex_consumption_refuses(bicep):
+    site = one(bicep, "Microsoft.Web/sites")
+    written = _walk_keys(site["properties"])
+    assert written & FLEX_REFUSED_SITE_PROPERTIES == set(), f"Flex refuses: {written & FLEX_REFUSED_SITE_PROPERTIES}"
+    settings = set(_app_settings(bicep))
+    assert settings & FLEX_REFUSED_APP_SETTINGS == set()
+    assert not [s for s in settings if s.startswith(FLEX_REFUSED_APP_SETTING_PREFIXES)]
+
+
+def test_the_flex_check_has_teeth(tmp_path):
+    """The old template's ftpsState (ARM error 51021) is caught."""
+    copy = tmp_path / "function-app.bicep"
+    text = (BICEP_DIR / "modules" / "function-app.bicep").read_text()
+    copy.write_text(text.replace("minTlsVersion: '1.2'", "minTlsVersion: '1.2'\n      ftpsState: 'Disabled'"))
+    tree = parse_files([copy])["bicep"][str(copy)]["json"]
+    site = next(r for r in tree["resources"].values() if r["type"] == "Microsoft.Web/sites")
+    assert _walk_keys(site["config"]["properties"]) & FLEX_REFUSED_SITE_PROPERTIES == {"ftpsState"}
+
+
+def test_host_storage_uris_come_from_the_account_for_sovereign_clouds(bicep):
+    settings = _app_settings(bicep)
+    for service in ("blob", "queue", "table"):
+        value = json.dumps(settings[f"AzureWebJobsStorage__{service}ServiceUri"])
+        assert "primaryEndpoints" in value and f'"{service}"' in value, value
+    assert "core.windows.net" not in json.dumps(bicep), "host names come from the account or environment()"
+
+
+def test_location_is_limited_to_flex_consumption_regions(bicep):
+    location = bicep["main.bicep"]["parameters"]["location"]
+    allowed = next(d["argument"] for d in location["decorators"] if d["type"] == "allowed")
+    assert {"eastus", "westeurope", "australiaeast"} <= set(allowed)
+    assert all(re.fullmatch(r"[a-z0-9]+", region) for region in allowed)
+    assert len(allowed) == len(set(allowed)) >= 25
 
 
 def test_outputs_name_the_service_and_hold_no_secret(bicep):

@@ -14,8 +14,45 @@ targetScope = 'subscription'
 @description('Name of the azd environment; it seeds the unique names of all resources.')
 param environmentName string
 
+// Regions that offer the Flex Consumption plan (Microsoft's own Flex quickstart template, public Azure;
+// `az functionapp list-flexconsumption-locations` lists today's). A region outside the list fails here,
+// before anything is created: the purge-protected Key Vault could not be created again under its name.
+// Where Microsoft adds a region, or for a sovereign cloud that offers Flex, add it to this list.
 @minLength(1)
 @description('Region of every resource. It must offer the Flex Consumption plan (az functionapp list-flexconsumption-locations).')
+@allowed([
+  'australiaeast'
+  'australiasoutheast'
+  'brazilsouth'
+  'canadacentral'
+  'centralindia'
+  'centralus'
+  'eastasia'
+  'eastus'
+  'eastus2'
+  'francecentral'
+  'germanywestcentral'
+  'italynorth'
+  'japaneast'
+  'koreacentral'
+  'northcentralus'
+  'northeurope'
+  'norwayeast'
+  'southafricanorth'
+  'southcentralus'
+  'southeastasia'
+  'southindia'
+  'spaincentral'
+  'swedencentral'
+  'uaenorth'
+  'uksouth'
+  'ukwest'
+  'westcentralus'
+  'westeurope'
+  'westus'
+  'westus2'
+  'westus3'
+])
 @metadata({
   azd: {
     type: 'location'
@@ -85,6 +122,9 @@ param keepaliveMaxPerRun int = 50
 @maxValue(1000)
 param maximumInstanceCount int = 100
 
+@description('Private networking: the app joins a VNet; Table/Blob/Queue storage and Key Vault are reachable only through private endpoints (public network access off, firewalls deny). The hosted pages and the API stay public. The admin path then goes through the admin API (docs/deploy.md).')
+param privateNetworking bool = false
+
 @description('Memory of each instance, in MB.')
 @allowed([
   512
@@ -104,11 +144,33 @@ resource rg 'Microsoft.Resources/resourceGroups@2024-03-01' = {
   tags: tags
 }
 
+// Two identities: the runtime one (code, host storage, Key Vault, telemetry) and the deployment one (the
+// package container only), so the code's own identity cannot overwrite the code it runs.
 module identity 'modules/identity.bicep' = {
   name: 'identity'
   scope: rg
   params: {
     name: 'id-${resourceToken}'
+    location: location
+    tags: tags
+  }
+}
+
+module deployIdentity 'modules/identity.bicep' = {
+  name: 'deploy-identity'
+  scope: rg
+  params: {
+    name: 'id-deploy-${resourceToken}'
+    location: location
+    tags: tags
+  }
+}
+
+module network 'modules/network.bicep' = if (privateNetworking) {
+  name: 'network'
+  scope: rg
+  params: {
+    name: 'vnet-${resourceToken}'
     location: location
     tags: tags
   }
@@ -133,6 +195,18 @@ module storage 'modules/storage.bicep' = {
     location: location
     tags: tags
     tablePrefix: tablePrefix
+    privateNetworking: privateNetworking
+  }
+}
+
+module packageStorage 'modules/package-storage.bicep' = {
+  name: 'package-storage'
+  scope: rg
+  params: {
+    name: 'stpkg${take(resourceToken, 19)}'
+    location: location
+    tags: tags
+    privateNetworking: privateNetworking
   }
 }
 
@@ -144,6 +218,79 @@ module keyVault 'modules/keyvault.bicep' = {
     location: location
     tags: tags
     logAnalyticsWorkspaceId: monitoring.outputs.logAnalyticsWorkspaceId
+    privateNetworking: privateNetworking
+  }
+}
+
+// Private endpoints (private networking only): the host's blob and queue, the service's tables, the
+// deployment package's blob, and Key Vault, each registered in its private DNS zone.
+module storageBlobEndpoint 'modules/private-endpoint.bicep' = if (privateNetworking) {
+  name: 'pe-storage-blob'
+  scope: rg
+  params: {
+    name: 'pe-${storage.outputs.name}-blob'
+    location: location
+    tags: tags
+    subnetId: network.outputs.endpointSubnetId
+    targetId: storage.outputs.id
+    groupId: 'blob'
+    privateDnsZoneId: network.outputs.blobZoneId
+  }
+}
+
+module storageQueueEndpoint 'modules/private-endpoint.bicep' = if (privateNetworking) {
+  name: 'pe-storage-queue'
+  scope: rg
+  params: {
+    name: 'pe-${storage.outputs.name}-queue'
+    location: location
+    tags: tags
+    subnetId: network.outputs.endpointSubnetId
+    targetId: storage.outputs.id
+    groupId: 'queue'
+    privateDnsZoneId: network.outputs.queueZoneId
+  }
+}
+
+module storageTableEndpoint 'modules/private-endpoint.bicep' = if (privateNetworking) {
+  name: 'pe-storage-table'
+  scope: rg
+  params: {
+    name: 'pe-${storage.outputs.name}-table'
+    location: location
+    tags: tags
+    subnetId: network.outputs.endpointSubnetId
+    targetId: storage.outputs.id
+    groupId: 'table'
+    privateDnsZoneId: network.outputs.tableZoneId
+  }
+}
+
+module packageBlobEndpoint 'modules/private-endpoint.bicep' = if (privateNetworking) {
+  name: 'pe-package-blob'
+  scope: rg
+  params: {
+    name: 'pe-${packageStorage.outputs.name}-blob'
+    location: location
+    tags: tags
+    subnetId: network.outputs.endpointSubnetId
+    targetId: packageStorage.outputs.id
+    groupId: 'blob'
+    privateDnsZoneId: network.outputs.blobZoneId
+  }
+}
+
+module vaultEndpoint 'modules/private-endpoint.bicep' = if (privateNetworking) {
+  name: 'pe-vault'
+  scope: rg
+  params: {
+    name: 'pe-${keyVault.outputs.name}'
+    location: location
+    tags: tags
+    subnetId: network.outputs.endpointSubnetId
+    targetId: keyVault.outputs.id
+    groupId: 'vault'
+    privateDnsZoneId: network.outputs.vaultZoneId
   }
 }
 
@@ -155,6 +302,9 @@ module roles 'modules/role-assignments.bicep' = {
     keyVaultName: keyVault.outputs.name
     appInsightsName: monitoring.outputs.appInsightsName
     identityPrincipalId: identity.outputs.principalId
+    deployIdentityPrincipalId: deployIdentity.outputs.principalId
+    packageStorageAccountName: packageStorage.outputs.name
+    packageContainerName: packageStorage.outputs.containerName
     adminPrincipalId: principalId
     adminPrincipalType: principalType
   }
@@ -171,8 +321,10 @@ module functionApp 'modules/function-app.bicep' = {
     serviceName: 'api'
     identityId: identity.outputs.id
     identityClientId: identity.outputs.clientId
+    deployIdentityId: deployIdentity.outputs.id
     storageAccountName: storage.outputs.name
-    deploymentContainerName: storage.outputs.deploymentContainerName
+    packageContainerUrl: packageStorage.outputs.containerUrl
+    virtualNetworkSubnetId: privateNetworking ? network.outputs.appSubnetId : ''
     appInsightsName: monitoring.outputs.appInsightsName
     keyVaultUrl: keyVault.outputs.uri
     customPublicUrl: customPublicUrl
@@ -189,15 +341,23 @@ module functionApp 'modules/function-app.bicep' = {
     maximumInstanceCount: maximumInstanceCount
     instanceMemoryMB: instanceMemoryMB
   }
-  // The app should not start before its identity can reach storage, Key Vault and App Insights.
+  // The app should not start before its identity can reach storage, Key Vault and App Insights, nor
+  // (private networking) before the private endpoints resolve.
   dependsOn: [
     roles
+    storageBlobEndpoint
+    storageQueueEndpoint
+    storageTableEndpoint
+    packageBlobEndpoint
+    vaultEndpoint
   ]
 }
 
 // Saved by azd into .azure/<env>/.env and handed to the hooks. Names and URLs only: no key, no secret.
 output AZURE_LOCATION string = location
 output AZURE_TENANT_ID string = tenant().tenantId
+output AZURE_SUBSCRIPTION_ID string = subscription().subscriptionId
+output AZURE_RESOURCE_MANAGER_ENDPOINT string = environment().resourceManager
 output AZURE_RESOURCE_GROUP string = rg.name
 output AZURE_FUNCTION_APP_NAME string = functionApp.outputs.name
 output AZURE_KEY_VAULT_NAME string = keyVault.outputs.name
@@ -209,3 +369,6 @@ output MC_OAUTH_REDIRECT_URI string = '${functionApp.outputs.publicUrl}/oauth'
 output MC_TABLES_ENDPOINT string = storage.outputs.tableEndpoint
 output MC_KEY_VAULT_URL string = keyVault.outputs.uri
 output MC_TABLE_PREFIX string = tablePrefix
+// 'true' or 'false': the postprovision hook then writes Key Vault secrets through the control plane.
+output MC_PRIVATE_NETWORKING string = string(privateNetworking)
+output MC_OUTBOUND_ADDRESS string = privateNetworking ? network.outputs.outboundAddress : ''

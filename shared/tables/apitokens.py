@@ -14,6 +14,7 @@ from shared.tables.records import Record, is_missing, utcnow
 TABLE = "apitokens"
 PARTITION = "token"
 TOKEN_PREFIX = "mc_"
+BOOTSTRAP_PREFIX = "mcb_"  # the one-time admin bootstrap (shared.bootstrap); never stored in this table
 SCOPES = ("api", "admin")
 
 
@@ -58,6 +59,14 @@ def find_token(token: str) -> Optional[ApiToken]:
         raise
     record = ApiToken.from_entity(entity)
     return record if hmac.compare_digest(record.tokenHash, digest) else None
+
+
+def admin_token_exists() -> bool:
+    """Whether any token has the ``admin`` scope (ends the admin bootstrap). One query: every scope set but
+    exactly ``api`` includes ``admin``; the Python check keeps that true if scopes are ever added."""
+    rows = table(TABLE).query_entities("PartitionKey eq @pk and scopes ne @api", select=["scopes"],
+                                       parameters={"pk": PARTITION, "api": "api"}, results_per_page=100)
+    return any("admin" in str(row.get("scopes") or "").split(",") for row in rows)
 
 
 def list_tokens() -> list[ApiToken]:

@@ -1,6 +1,11 @@
 // The Flex Consumption (FC1) Linux function app, Python 3.11, deployed by azd from a blob container and
-// running as the user-assigned managed identity. Every connection is identity-based: the app settings
+// running as the user-assigned runtime identity. Every connection is identity-based: the app settings
 // below carry names, URLs and the identity's client id, never a key or a secret.
+//
+// Flex Consumption refuses site properties and app settings of the older plans (tests/test_infra.py holds
+// the list: ftpsState, alwaysOn, linuxFxVersion, FUNCTIONS_WORKER_RUNTIME, WEBSITE_RUN_FROM_PACKAGE, ...):
+// runtime, scale and deployment live in functionAppConfig; FTP is off through the publishing-credentials
+// policies below.
 param name string
 param planName string
 param location string
@@ -9,10 +14,16 @@ param tags object
 @description('azd service name (azure.yaml); azd finds the app by its azd-service-name tag.')
 param serviceName string = 'api'
 
+@description('Runtime identity: the code, the host storage and telemetry.')
 param identityId string
 param identityClientId string
+@description('Deployment identity: reads and writes the package container, nothing else.')
+param deployIdentityId string
 param storageAccountName string
-param deploymentContainerName string
+@description('URL of the blob container that holds the deployment package (package-storage.bicep).')
+param packageContainerUrl string
+@description('Subnet the app joins (private networking), delegated to Microsoft.App/environments. Empty: none.')
+param virtualNetworkSubnetId string = ''
 param appInsightsName string
 param keyVaultUrl string
 param customPublicUrl string = ''
@@ -67,6 +78,7 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
     type: 'UserAssigned'
     userAssignedIdentities: {
       '${identityId}': {}
+      '${deployIdentityId}': {}
     }
   }
   properties: {
@@ -75,20 +87,18 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
     clientCertEnabled: false
     publicNetworkAccess: 'Enabled'
     keyVaultReferenceIdentity: identityId
+    virtualNetworkSubnetId: empty(virtualNetworkSubnetId) ? null : virtualNetworkSubnetId
     siteConfig: {
       minTlsVersion: '1.2'
-      scmMinTlsVersion: '1.2'
-      ftpsState: 'Disabled'
-      http20Enabled: true
     }
     functionAppConfig: {
       deployment: {
         storage: {
           type: 'blobContainer'
-          value: '${storage.properties.primaryEndpoints.blob}${deploymentContainerName}'
+          value: packageContainerUrl
           authentication: {
             type: 'UserAssignedIdentity'
-            userAssignedIdentityResourceId: identityId
+            userAssignedIdentityResourceId: deployIdentityId
           }
         }
       }
@@ -112,8 +122,11 @@ resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
   parent: site
   name: 'appsettings'
   properties: {
-    // The Functions host's storage, identity-based (no AzureWebJobsStorage connection string).
-    AzureWebJobsStorage__accountName: storage.name
+    // The Functions host's storage, identity-based (no AzureWebJobsStorage connection string). Service
+    // URIs from the account itself rather than __accountName, which assumes public Azure's host names.
+    AzureWebJobsStorage__blobServiceUri: storage.properties.primaryEndpoints.blob
+    AzureWebJobsStorage__queueServiceUri: storage.properties.primaryEndpoints.queue
+    AzureWebJobsStorage__tableServiceUri: storage.properties.primaryEndpoints.table
     AzureWebJobsStorage__credential: 'managedidentity'
     AzureWebJobsStorage__clientId: identityClientId
     // Telemetry: the connection string only names the App Insights resource (it is not a credential

@@ -1,4 +1,5 @@
-// Data-plane roles. The service's managed identity gets exactly what the app and the Functions host need;
+// Data-plane roles. The service's runtime identity gets exactly what the app and the Functions host need;
+// the deployment identity gets the package container and nothing else;
 // the admin who runs azd (AZURE_PRINCIPAL_ID) gets what the admin CLI (`python -m shared.cli`) and the
 // postprovision hook need: write API-token hashes and OAuth apps to the tables, and write Key Vault secrets
 // (OAuth client secrets, the link-signing key). Nobody gets a storage key: shared-key access is off.
@@ -6,6 +7,9 @@ param storageAccountName string
 param keyVaultName string
 param appInsightsName string
 param identityPrincipalId string
+param deployIdentityPrincipalId string
+param packageStorageAccountName string
+param packageContainerName string
 param adminPrincipalId string = ''
 @allowed([
   'User'
@@ -16,6 +20,7 @@ param adminPrincipalType string = 'User'
 
 // Built-in role definition ids (the same in every Azure cloud).
 var storageBlobDataOwner = 'b7e6dc6d-f1e8-4753-8033-0f276bb0955b'
+var storageBlobDataContributor = 'ba92f5b4-2d11-453d-a403-e96b0029c9fe'
 var storageTableDataContributor = '0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3'
 var keyVaultSecretsOfficer = 'b86a8fe4-44ce-4948-aee5-eccb2c155cd7'
 var monitoringMetricsPublisher = '3913510d-42f4-4e42-8a64-420c390055eb'
@@ -30,6 +35,50 @@ resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
 
 resource vault 'Microsoft.KeyVault/vaults@2023-07-01' existing = {
   name: keyVaultName
+}
+
+resource packageStorage 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
+  name: packageStorageAccountName
+}
+
+resource packageBlobs 'Microsoft.Storage/storageAccounts/blobServices@2023-05-01' existing = {
+  parent: packageStorage
+  name: 'default'
+}
+
+resource packageContainer 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' existing = {
+  parent: packageBlobs
+  name: packageContainerName
+}
+
+// Key Vault Secrets Officer without purge, backup and restore: the app reads, writes, deletes and recovers
+// secrets (refresh tokens, client secrets, the signing key), and never needs to export one (backup) or
+// erase one for good (purge; purge protection forbids it anyway). Its name carries the resource group's
+// id, because a custom role's name must be unique in the tenant.
+resource appSecretsRole 'Microsoft.Authorization/roleDefinitions@2022-04-01' = {
+  name: guid(resourceGroup().id, 'mailbox-connect-secrets')
+  properties: {
+    roleName: 'Mailbox Connect secrets (${resourceGroup().name}, ${uniqueString(resourceGroup().id)})'
+    description: 'Get, set, delete and recover Key Vault secrets; no purge, backup or restore.'
+    type: 'CustomRole'
+    assignableScopes: [
+      resourceGroup().id
+    ]
+    permissions: [
+      {
+        actions: []
+        notActions: []
+        dataActions: [
+          'Microsoft.KeyVault/vaults/secrets/*'
+        ]
+        notDataActions: [
+          'Microsoft.KeyVault/vaults/secrets/purge/action'
+          'Microsoft.KeyVault/vaults/secrets/backup/action'
+          'Microsoft.KeyVault/vaults/secrets/restore/action'
+        ]
+      }
+    ]
+  }
 }
 
 resource appInsights 'Microsoft.Insights/components@2020-02-02' existing = {
@@ -60,12 +109,12 @@ resource appTables 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
 
 // ... Key Vault secrets: it reads client secrets and the signing key, and writes refresh tokens ...
 resource appSecrets 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
-  name: guid(vault.id, identityPrincipalId, keyVaultSecretsOfficer)
+  name: guid(vault.id, identityPrincipalId, appSecretsRole.id)
   scope: vault
   properties: {
     principalId: identityPrincipalId
     principalType: 'ServicePrincipal'
-    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', keyVaultSecretsOfficer)
+    roleDefinitionId: appSecretsRole.id
   }
 }
 
@@ -77,6 +126,17 @@ resource appTelemetry 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
     principalId: identityPrincipalId
     principalType: 'ServicePrincipal'
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', monitoringMetricsPublisher)
+  }
+}
+
+// The deployment identity: the platform writes the package azd uploads and reads it at start-up.
+resource deployPackage 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(packageContainer.id, deployIdentityPrincipalId, storageBlobDataContributor)
+  scope: packageContainer
+  properties: {
+    principalId: deployIdentityPrincipalId
+    principalType: 'ServicePrincipal'
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', storageBlobDataContributor)
   }
 }
 

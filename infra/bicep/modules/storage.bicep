@@ -1,9 +1,13 @@
-// The storage account: the Functions host's own storage (AzureWebJobsStorage, identity-based), the blob
-// container Flex Consumption deploys the app package from, and the service's tables.
+// The storage account: the Functions host's own storage (AzureWebJobsStorage, identity-based) and the
+// service's tables. The deployment package lives in its own account (package-storage.bicep), so the
+// runtime identity, which owns this account's blobs as the host needs, cannot overwrite its own code.
 // Shared-key (account key and SAS) access is disabled, so only Entra identities with RBAC roles get in.
 param name string
 param location string
 param tags object
+
+@description('Private networking: no public network access; reachable through private endpoints only.')
+param privateNetworking bool = false
 
 @description('Prefix of every table name (MC_TABLE_PREFIX).')
 param tablePrefix string = ''
@@ -18,9 +22,6 @@ param tablePrefix string = ''
   'Standard_LRS'
 ])
 param skuName string = 'Standard_GRS'
-
-@description('Blob container that holds the deployment package.')
-param deploymentContainerName string = 'app-package'
 
 // The tables the code uses: shared/tables/__init__.py TABLES, except `secrets`, which only the local
 // (non-Azure) secret store uses. tests/test_infra.py compares the two lists.
@@ -54,9 +55,9 @@ resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' = {
     isSftpEnabled: false
     minimumTlsVersion: 'TLS1_2'
     supportsHttpsTrafficOnly: true
-    publicNetworkAccess: 'Enabled'
+    publicNetworkAccess: privateNetworking ? 'Disabled' : 'Enabled'
     networkAcls: {
-      defaultAction: 'Allow'
+      defaultAction: privateNetworking ? 'Deny' : 'Allow'
       bypass: 'AzureServices'
     }
     encryption: {
@@ -99,14 +100,6 @@ resource blobService 'Microsoft.Storage/storageAccounts/blobServices@2023-05-01'
   }
 }
 
-resource deploymentContainer 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' = {
-  parent: blobService
-  name: deploymentContainerName
-  properties: {
-    publicAccess: 'None'
-  }
-}
-
 resource tableService 'Microsoft.Storage/storageAccounts/tableServices@2023-05-01' = {
   parent: storage
   name: 'default'
@@ -118,6 +111,7 @@ resource tables 'Microsoft.Storage/storageAccounts/tableServices/tables@2023-05-
 }]
 
 output name string = storage.name
+output id string = storage.id
 output blobEndpoint string = storage.properties.primaryEndpoints.blob
+output queueEndpoint string = storage.properties.primaryEndpoints.queue
 output tableEndpoint string = storage.properties.primaryEndpoints.table
-output deploymentContainerName string = deploymentContainer.name
