@@ -617,7 +617,10 @@ def test_parameters_file_feeds_azd_values(bicep):
     assert values["environmentName"] == "${AZURE_ENV_NAME}"
     assert values["location"] == "${AZURE_LOCATION}"
     assert values["principalId"] == "${AZURE_PRINCIPAL_ID}"
-    assert values["principalType"].startswith("${AZURE_PRINCIPAL_TYPE")
+    # Empty unless set: Azure then looks the admin's principal type up, so a person and a pipeline
+    # (ServicePrincipal) both provision without UnmatchedPrincipalType.
+    assert values["principalType"] == "${AZURE_PRINCIPAL_TYPE}"
+    assert bicep["main.bicep"]["parameters"]["principalType"]["default"] == ""
     declared = bicep["main.bicep"]["parameters"]
     assert set(values) <= set(declared), f"parameters main.bicep does not declare: {set(values) - set(declared)}"
     required = {name for name, p in declared.items() if "default" not in p}

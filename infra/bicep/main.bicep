@@ -63,13 +63,14 @@ param location string
 @description('Object id of the admin who runs azd (AZURE_PRINCIPAL_ID). It gets the data-plane roles the admin CLI needs. Empty: none.')
 param principalId string = ''
 
-@description('Kind of principal in principalId (AZURE_PRINCIPAL_TYPE): User for a person, ServicePrincipal for a pipeline.')
+@description('Kind of principal in principalId (AZURE_PRINCIPAL_TYPE): User, ServicePrincipal or Group. Empty: Azure looks it up, which works for a person and for a pipeline alike.')
 @allowed([
+  ''
   'User'
   'ServicePrincipal'
   'Group'
 ])
-param principalType string = 'User'
+param principalType string = ''
 
 @description('Public base URL when a custom domain fronts the app (MC_CUSTOM_PUBLIC_URL). Empty: https://<default host name>.')
 param customPublicUrl string = ''

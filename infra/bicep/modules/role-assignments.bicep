@@ -11,12 +11,14 @@ param deployIdentityPrincipalId string
 param packageStorageAccountName string
 param packageContainerName string
 param adminPrincipalId string = ''
+@description('User, ServicePrincipal, Group, or empty: Azure looks the type up (the admin is not a new principal, so the lookup cannot miss it).')
 @allowed([
+  ''
   'User'
   'ServicePrincipal'
   'Group'
 ])
-param adminPrincipalType string = 'User'
+param adminPrincipalType string = ''
 
 // Built-in role definition ids (the same in every Azure cloud).
 var storageBlobDataOwner = 'b7e6dc6d-f1e8-4753-8033-0f276bb0955b'
@@ -147,7 +149,7 @@ resource adminTables 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (
   scope: storage
   properties: {
     principalId: adminPrincipalId
-    principalType: adminPrincipalType
+    principalType: empty(adminPrincipalType) ? null : adminPrincipalType
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', storageTableDataContributor)
   }
 }
@@ -157,7 +159,7 @@ resource adminSecrets 'Microsoft.Authorization/roleAssignments@2022-04-01' = if 
   scope: vault
   properties: {
     principalId: adminPrincipalId
-    principalType: adminPrincipalType
+    principalType: empty(adminPrincipalType) ? null : adminPrincipalType
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', keyVaultSecretsOfficer)
   }
 }
