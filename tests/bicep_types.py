@@ -1,11 +1,13 @@
 """Check parsed Bicep resources against Bicep's own resource type definitions (bicep-types-az types.json).
 
 The Bicep compiler cannot run here, so this does offline what it does with the same data: every property
-path a resource declaration writes must exist in the body of ``<Type>@<api version>``, must not be read-only,
-and a literal value must fit the type (a string enum's listed values, boolean / integer / string / object /
-array, integer ranges, string lengths). Unlike Bicep, which only warns about these in resource bodies, every
-finding here is an error. Expressions (parameters, variables, function calls, operators, interpolated
-strings) are not evaluated: their value is unknown, so only the property path they are written to is checked.
+path a resource declaration writes must exist in the body of ``<Type>@<api version>`` and must not be
+read-only, the required properties of an object written literally must be there, and a literal value must
+fit the type (boolean / integer / string / object / array, integer ranges, string lengths, and a string enum's
+listed values, even for the "open" enums Bicep lets any string through). Bicep only warns about most of these
+in resource bodies, because the definitions can lag behind Azure; here every finding is an error. Expressions
+(parameters, variables, function calls, operators, interpolated strings) are not evaluated: their value is
+unknown, so only the property path they are written to is checked.
 
 What it cannot check: what Azure refuses at deployment time although the type allows it (for example site
 properties the Flex Consumption plan rejects, or values a region does not offer); that needs its own list.
@@ -241,6 +243,11 @@ class Checker:
                 problems.append(f"{where} — read-only in the type definition (Azure sets it; a template cannot)")
                 continue
             problems += self.check(item, prop["type"], where)
+        given = {_unquote(k) for k in value}
+        for name, prop in properties.items():
+            if prop.get("flags", 0) & REQUIRED and not prop.get("flags", 0) & READ_ONLY and name not in given:
+                where = f"{path}.{name}" if path else name
+                problems.append(f"{where} — required by the type definition, and not written")
         return problems
 
     @staticmethod

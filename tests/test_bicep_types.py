@@ -3,9 +3,11 @@
 No Bicep compiler can run here, so ``tests/bicep_types.py`` does its type check offline against the
 definitions in ``../shared/bicep-types`` (bicep-types-az, one ``<namespace>@<api version>.json`` each): for
 every resource declared in every ``.bicep`` file under infra/bicep, every property path it writes must exist
-in ``<Type>@<api version>`` and not be read-only, and a literal value must fit (a string enum's values, the
-kind of value, integer ranges). A resource type or API version without a definition fails too: ask for the
-file in an issue note. ``existing`` resources write nothing, but their type and version must exist.
+in ``<Type>@<api version>`` and not be read-only, an object written literally must hold the required
+properties, and a literal value must fit (a string enum's values, the kind of value, integer ranges). A
+resource type or API version without a definition fails too: ask for the file in an issue note. ``existing``
+resources write nothing, but their type and version must exist. Failures read
+``file: resource symbol: Type@version: path.to.property — why``.
 
 What this cannot see: what Azure refuses at deployment although the type allows it, e.g. the site
 properties and app settings a Flex Consumption plan rejects; tests/test_infra.py keeps that list.
@@ -16,7 +18,6 @@ from __future__ import annotations
 import re
 import shutil
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -115,8 +116,9 @@ def test_a_misspelled_property_and_a_wrong_enum_value_are_reported(tmp_path):
               _copy_with(tmp_path, "modules/storage.bicep", "minimumTlsVersion: 'TLS1_2'",
                          "minimumTlsVersion: 'TLS1_9'")]
     parsed = parse_files(originals + edited)["bicep"]
-    before = problems_of({k: v for k, v in parsed.items() if "/original/" in k}, tmp_path / "original")
-    after = problems_of({k: v for k, v in parsed.items() if "/edited/" in k}, tmp_path / "edited")
+    before, after = ({k: v for k, v in parsed.items() if Path(k).is_relative_to(tmp_path / part)}
+                     for part in ("original", "edited"))
+    before, after = problems_of(before, tmp_path / "original"), problems_of(after, tmp_path / "edited")
     new = sorted(set(after) - set(before))
     assert len(new) == 2 and not set(before) - set(after), new
     assert re.fullmatch(r"modules/function-app\.bicep: \w+: Microsoft\.Web/sites@[\d-]+: properties\.httpsOnlly"
@@ -174,6 +176,7 @@ resource vault 'Microsoft.KeyVault/vaults@2023-07-01' = {
           valu: 'x'
         }
       ]
+      '${enabled}': true
     }
   }
 }
@@ -188,6 +191,8 @@ resource vault 'Microsoft.KeyVault/vaults@2023-07-01' = {
         " in the type definition",
         "vault: Microsoft.KeyVault/vaults@2023-07-01: properties.networkAcls.ipRules[0].valu — not in the type"
         " definition (did you mean 'value'?)",
+        "vault: Microsoft.KeyVault/vaults@2023-07-01: properties.networkAcls.${enabled} — a computed name, but the"
+        " type has only named properties",
     ]),
     "app_settings_and_dictionaries": ("""
 param identityId string
@@ -226,7 +231,7 @@ resource settings 'Microsoft.Web/sites/config@2024-04-01' = {
     }
   }
 }
-resource web 'Microsoft.Web/sites/config@2024-04-01' = {
+resource webConfig 'Microsoft.Web/sites/config@2024-04-01' = {
   parent: site
   name: 'web'
   properties: {
@@ -248,14 +253,14 @@ resource ftp 'Microsoft.Web/sites/basicPublishingCredentialsPolicies@2024-04-01'
 """, [
         "site: Microsoft.Web/sites@2024-04-01: properties.siteConfig.ftpsState — 'Sometimes' is not one of"
         " 'AllAllowed', 'FtpsOnly', 'Disabled'" + OPEN,
-        "site::nested: Microsoft.Web/sites/config@2024-04-01: properties.alwaysOn — expected boolean, got string"
-        " 'true'",
         "settings: Microsoft.Web/sites/config@2024-04-01: properties.NESTED — expected string, got an object",
-        "web: Microsoft.Web/sites/config@2024-04-01: properties.http20Enabld — not in the type definition"
+        "webConfig: Microsoft.Web/sites/config@2024-04-01: properties.http20Enabld — not in the type definition"
         " (did you mean 'http20Enabled'?)",
         "odd: Microsoft.Web/sites/config@2024-04-01: name — 'appsetings' is not one of appsettings, authsettings,"
         " authsettingsV2, azurestorageaccounts, backup, connectionstrings, logs, metadata, pushsettings,"
         " slotConfigNames, web",
+        "site::nested: Microsoft.Web/sites/config@2024-04-01: properties.alwaysOn — expected boolean, got string"
+        " 'true'",
     ]),
     "loops_conditions_and_names": ("""
 param names array
@@ -281,6 +286,12 @@ resource role 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty(
     principalTyp: 'User'
   }
 }
+resource incomplete 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid('z')
+  properties: {
+    principalId: 'p'
+  }
+}
 resource group 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
   name: guid('y')
   properties: {
@@ -294,6 +305,8 @@ resource group 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
         ".accessPolicy.startTme — not in the type definition (did you mean 'startTime'?)",
         "role: Microsoft.Authorization/roleAssignments@2022-04-01: properties.principalTyp — not in the type"
         " definition (did you mean 'principalType'?)",
+        "incomplete: Microsoft.Authorization/roleAssignments@2022-04-01: properties.roleDefinitionId — required by"
+        " the type definition, and not written",
         "group: Microsoft.Authorization/roleAssignments@2022-04-01: properties.principalType — 'Robot' is not one"
         " of 'User', 'Group', 'ServicePrincipal', 'ForeignGroup', 'Device', 'AgentUser', 'AgentServicePrincipal'"
         + OPEN,
@@ -425,7 +438,7 @@ def case_problems(tmp_path_factory) -> dict[str, list[str]]:
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_the_checker_reports_exactly_what_is_wrong(case, case_problems):
-    expected = [m.format(types=TYPES_DIR) for m in CASES[case][1]]
+    expected = [m.replace("{types}", str(TYPES_DIR)) for m in CASES[case][1]]
     assert case_problems[case] == expected
 
 
