@@ -76,7 +76,7 @@ CACHE_SECONDS = 30.0
 # to a vault that is already struggling; short, because the admin is waiting to retry.
 FAILURE_SECONDS = 5.0
 
-_TOKEN = re.compile(r"mcb_[A-Za-z0-9_-]{43}")
+_TOKEN = re.compile(re.escape(BOOTSTRAP_PREFIX) + r"[A-Za-z0-9_-]{43}")  # "mcb_" + token_urlsafe(32)
 _VALUE = re.compile(r"v1:([0-9]{1,12}):([0-9a-f]{64})")
 
 # Injectable clocks (tests replace them): wall time for the expiry, monotonic time for the cache.
