@@ -675,3 +675,17 @@ def test_deploy_guide_covers_the_path_to_the_first_mailbox():
                    "admin consent", "mc-signing-key", "ensure-signing-key --rotate", "curl"):
         assert needle in guide, f"docs/deploy.md does not mention {needle}"
     assert "rotate" in guide.lower() and "client secret" in guide.lower()
+
+
+def test_deploy_guide_admin_helper_blanks_every_local_only_setting():
+    """The guide's mc() must win over a developer's local.settings.json for every local-only setting."""
+    guide = (ROOT / "docs" / "deploy.md").read_text()
+    helper = guide[guide.index("mc() {"):guide.index("python -m shared.cli", guide.index("mc() {"))]
+    blanked = set(re.findall(r"\b(MC_[A-Z_]+)= ", helper))
+    assert blanked == set(LOCAL_ONLY_SETTINGS), f"mc() blanks {sorted(blanked)}"
+
+
+def test_deploy_guide_lists_every_table_the_template_creates(bicep):
+    guide = (ROOT / "docs" / "deploy.md").read_text()
+    for table in bicep["modules/storage.bicep"]["variables"]["serviceTables"]["value"]:
+        assert f"`{table}`" in guide, f"docs/deploy.md does not list table {table}"
