@@ -44,4 +44,4 @@ bench: deps
 	$(PY) -m bench.run
 
 clean:
-	rm -rf $(VENV) $(IAC_VENV) node_modules .pytest_cache test-output
+	rm -rf $(VENV) $(IAC_VENV) infra/hooks/.venv node_modules .pytest_cache test-output

@@ -357,6 +357,9 @@ module functionApp 'modules/function-app.bicep' = {
 // Saved by azd into .azure/<env>/.env and handed to the hooks. Names and URLs only: no key, no secret.
 output AZURE_LOCATION string = location
 output AZURE_TENANT_ID string = tenant().tenantId
+// The admin the roles were granted to: azd fills the parameter from its own login but does not save it,
+// and the postprovision hook names this principal when Key Vault answers 403.
+output AZURE_PRINCIPAL_ID string = principalId
 output AZURE_SUBSCRIPTION_ID string = subscription().subscriptionId
 output AZURE_RESOURCE_MANAGER_ENDPOINT string = environment().resourceManager
 output AZURE_RESOURCE_GROUP string = rg.name

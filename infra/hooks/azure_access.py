@@ -98,7 +98,7 @@ class AdminCredential:
                 self.get_token(scope)
             except Exception:  # noqa: BLE001 - only to describe; the real error is reported by the caller
                 return "nobody (no sign-in worked)"
-        return f"{describe_principal(self.claims)}, signed in with {self.used}"
+        return f"{describe_principal(self.claims)}, with {self.used}"
 
 
 def admin_credential(env: dict[str, str], classes: Optional[Sequence[type]] = None) -> AdminCredential:
@@ -158,8 +158,8 @@ class RbacWait:
                     raise
                 delay = min(delay, left)
                 self.retries += 1
-                print(f"  {self.service} answered 403 Forbidden: the role assignment is not in effect yet. "
-                      f"Retry {self.retries} in {delay:.0f}s ({self.elapsed():.0f}s of up to {self.max_wait:.0f}s) ...",
+                print(f"  {self.service} answered 403 Forbidden: the role assignment is not in effect yet. Retry "
+                      f"{self.retries} in {delay:.0f}s (waited {self.elapsed():.0f}s of up to {self.max_wait:.0f}s) ...",
                       file=self.out, flush=True)
                 self.sleep(delay)
                 self.slept += delay
@@ -192,9 +192,10 @@ class ArmSecrets:
 
         arm = arm_endpoint(env)
         self.vault_name = env["AZURE_KEY_VAULT_NAME"]
-        self._path = "/subscriptions/{}/resourceGroups/{}/providers/Microsoft.KeyVault/vaults/{}/secrets/".format(
-            *(quote(env[name], safe="") for name in ("AZURE_SUBSCRIPTION_ID", "AZURE_RESOURCE_GROUP", "AZURE_KEY_VAULT_NAME"))
-        )
+        subscription, group, vault = (quote(env[name], safe="") for name in (
+            "AZURE_SUBSCRIPTION_ID", "AZURE_RESOURCE_GROUP", "AZURE_KEY_VAULT_NAME"))
+        self._path = (f"{arm}/subscriptions/{subscription}/resourceGroups/{group}"
+                      f"/providers/Microsoft.KeyVault/vaults/{vault}/secrets/")
         policies = [
             HeadersPolicy(), UserAgentPolicy("mailbox-connect-postprovision"), RetryPolicy(),
             BearerTokenCredentialPolicy(credential, f"{arm}/.default"),
