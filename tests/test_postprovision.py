@@ -148,8 +148,7 @@ def test_hook_reads_only_outputs_the_template_has(bicep):
 
 
 def test_private_networking_outputs_are_in_the_template(bicep):
-    if "privateNetworking" not in bicep["main.bicep"]["parameters"]:
-        pytest.skip("main.bicep has no privateNetworking parameter yet (infra/bicep is being changed)")
+    assert "privateNetworking" in bicep["main.bicep"]["parameters"]
     outputs = set(bicep["main.bicep"]["outputs"])
     assert {"MC_PRIVATE_NETWORKING", *hook.PRIVATE_OUTPUTS} <= outputs
 
