@@ -15,23 +15,19 @@ packages of its own; ``make test`` creates it. When it is missing these tests fa
 
 from __future__ import annotations
 
-import importlib.util
-import io
 import json
 import os
 import re
-import shlex
 import shutil
 import subprocess
 import sys
 import time
-from contextlib import redirect_stdout
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from shared.settings import Settings, load_settings
+from shared.settings import Settings
 from shared.tables import TABLES
 
 ROOT = Path(__file__).resolve().parent.parent
