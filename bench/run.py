@@ -96,7 +96,7 @@ def _imap_without_nagle() -> None:
     TCP_NODELAY on the fake's connections so the callback's numbers are the service's."""
     import socket
 
-    import tests.fakes.imap as fake_imap
+    import sandbox.fakes.imap as fake_imap
 
     handle = fake_imap._Handler.handle
 
@@ -111,10 +111,10 @@ def start_stack() -> Stack:
     import shared.settings
 
     shared.settings.LOCAL_SETTINGS_FILE = ROOT / "bench" / "no-local-settings.json"  # environment only
-    from tests.fakes.graph import Mailboxes
-    from tests.fakes.identity import FakeIdentity
-    from tests.fakes.imap import FakeImap
-    from tests.fakes.keyvault import FakeCredential, FakeKeyVault
+    from sandbox.fakes.graph import Mailboxes
+    from sandbox.fakes.identity import FakeIdentity
+    from sandbox.fakes.imap import FakeImap
+    from sandbox.fakes.keyvault import FakeCredential, FakeKeyVault
     from tools.azurite import free_port, start_azurite
 
     _imap_without_nagle()
@@ -139,12 +139,12 @@ def start_stack() -> Stack:
     os.environ.update(env)
 
     # This process registers the app (client secret into the Key Vault fake) and mints the API token.
-    import shared.azure_credential
-    from shared.oauth_apps import register_app
+    import shared.storage.azure_credential
+    from shared.core.apps import register_app
     from shared.settings import get_settings
-    from shared.tables.apitokens import create_token
+    from shared.storage.tables.apitokens import create_token
 
-    shared.azure_credential.get_azure_credential = lambda settings: FakeCredential()
+    shared.storage.azure_credential.get_azure_credential = lambda settings: FakeCredential()
     get_settings.cache_clear()
     client_id, client_secret = secrets.token_hex(8), secrets.token_urlsafe(24)
     identity.add_client(client_id, client_secret, [f"{url}/oauth"])

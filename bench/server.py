@@ -8,7 +8,7 @@ Storage and Key Vault, and MSAL's session), so one wrapper around ``HTTPAdapter.
 ``POST /reset`` (zero the counts), ``POST /forget-tokens`` (empty the access-token cache: a cold hand-off).
 Timer functions are not run: the benchmark counts what each HTTP operation costs.
 
-Key Vault is the fake of ``tests.fakes.keyvault``: the process's Azure credential is replaced by its fake
+Key Vault is the fake of ``sandbox.fakes.keyvault``: the process's Azure credential is replaced by its fake
 credential, as the tests do. Nothing here is imported by the service itself.
 """
 
@@ -63,7 +63,7 @@ class _Control(BaseHTTPRequestHandler):
             with _lock:
                 _counts.clear()
         elif self.path == "/forget-tokens":
-            from shared.tokens import reset_token_cache
+            from shared.handoff.tokens import reset_token_cache
 
             reset_token_cache()
         self._answer({"ok": True})
@@ -78,11 +78,11 @@ def main(argv: list[str] | None = None) -> None:
     import shared.settings
 
     shared.settings.LOCAL_SETTINGS_FILE = ROOT / "bench" / "no-local-settings.json"  # environment only
-    from tests.fakes.keyvault import FakeCredential
+    from sandbox.fakes.keyvault import FakeCredential
 
-    import shared.azure_credential
+    import shared.storage.azure_credential
 
-    shared.azure_credential.get_azure_credential = lambda settings: FakeCredential()
+    shared.storage.azure_credential.get_azure_credential = lambda settings: FakeCredential()
     _count_requests()
     control = ThreadingHTTPServer(("127.0.0.1", args.control_port), _Control)
     threading.Thread(target=control.serve_forever, daemon=True).start()

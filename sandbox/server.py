@@ -15,8 +15,8 @@ carol@contoso.example   own mailbox; cannot open any shared mailbox
 ======================  ===================================================================
 
 The shared mailboxes each user can open are shown on the sign-in page (``FakeUser.shared_mailboxes``)
-and enforced by fakes of Exchange's IMAP service and of Graph's mail folders (``tests/fakes/imap.py``,
-``tests/fakes/graph.py``, sharing one permission table), which the service's mailbox access check asks
+and enforced by fakes of Exchange's IMAP service and of Graph's mail folders (``sandbox/fakes/imap.py``,
+``sandbox/fakes/graph.py``, sharing one permission table), which the service's mailbox access check asks
 (``MC_IMAP_HOST``, ``MC_GRAPH_URL``): Carol connecting support@ is refused with
 ``error=mailbox_access_denied``. Those fakes live with the tests for now (a checkout has them; the sandbox
 is a development tool too); without them the access check is turned off (``MC_ACCESS_CHECK=off``).
@@ -32,11 +32,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Optional
 
 from . import refuse_in_azure
-from .identity import FakeIdentity, FakeUser
+from .fakes.identity import FakeIdentity, FakeUser
 
 if TYPE_CHECKING:  # pragma: no cover
     from shared.settings import Settings
-    from shared.tables.apps import OAuthApp
+    from shared.storage.tables.apps import OAuthApp
 
 TENANT_DOMAIN = "contoso.example"
 TENANT_ID = "c0a7e5a1-5a4d-4b0c-9e11-000000000001"
@@ -90,8 +90,8 @@ class Sandbox:
 
     def _mail_fakes(self) -> None:
         try:
-            from tests.fakes.graph import FakeGraph, Mailboxes
-            from tests.fakes.imap import FakeImap
+            from sandbox.fakes.graph import FakeGraph, Mailboxes
+            from sandbox.fakes.imap import FakeImap
         except ImportError:  # not a full checkout: the access check is turned off instead
             return
         table = Mailboxes()
@@ -136,8 +136,8 @@ class Sandbox:
     def ensure_app(self, settings: "Settings", *, base_scopes: str = "imap") -> "OAuthApp":
         """The sandbox OAuth app in the service's tables: reused when an earlier run registered it (a
         persistent Table Storage), else registered now. The fake learns its client secret either way."""
-        from shared.oauth_apps import client_secret, register_app
-        from shared.tables.apps import list_apps
+        from shared.core.apps import client_secret, register_app
+        from shared.storage.tables.apps import list_apps
 
         redirect_uri = settings.oauth_redirect_uri
         for app in list_apps():

@@ -14,7 +14,7 @@ from typing import Optional, Sequence
 
 
 def _create_token(args: argparse.Namespace) -> int:
-    from shared.tables.apitokens import create_token
+    from shared.storage.tables.apitokens import create_token
 
     scopes = tuple(s.strip() for s in args.scopes.split(",") if s.strip())
     token, record = create_token(args.name, scopes)
@@ -24,7 +24,7 @@ def _create_token(args: argparse.Namespace) -> int:
 
 
 def _add_app(args: argparse.Namespace) -> int:
-    from shared.oauth_apps import register_app
+    from shared.core.apps import register_app
     from shared.settings import get_settings
 
     secret = args.client_secret
@@ -40,7 +40,7 @@ def _add_app(args: argparse.Namespace) -> int:
 
 
 def _list_apps(args: argparse.Namespace) -> int:
-    from shared.tables.apps import list_apps
+    from shared.storage.tables.apps import list_apps
 
     for app in list_apps():
         print(json.dumps({"id": app.id, "name": app.name, "clientId": app.clientId, "enabled": app.enabled,
@@ -50,8 +50,9 @@ def _list_apps(args: argparse.Namespace) -> int:
 
 def _ensure_signing_key(args: argparse.Namespace) -> int:
     """Create Key Vault secret ``mc-signing-key`` once (Azure); never prints the key."""
-    from shared.keys import SIGNING_KEY_SECRET
-    from shared.secrets import SecretNotFound, get_secret_store
+    from shared.storage.keys import SIGNING_KEY_SECRET
+    from shared.storage.secrets.base import SecretNotFound
+    from shared.storage.secrets.factory import get_secret_store
 
     store = get_secret_store()
     try:

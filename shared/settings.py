@@ -45,19 +45,19 @@ class Settings(BaseModel):
     authority_host: Optional[str] = Field(None, alias="MC_AUTHORITY_HOST")
     graph_url: Optional[str] = Field(None, alias="MC_GRAPH_URL")
     ca_bundle: Optional[str] = Field(None, alias="MC_CA_BUNDLE")
-    # Mailbox access check at sign-in (shared/access_check.py): on (default) | off | strict.
+    # Mailbox access check at sign-in (shared/microsoft/access_check.py): on (default) | off | strict.
     access_check: Literal["on", "off", "strict"] = Field("on", alias="MC_ACCESS_CHECK")
     # Tests and sandbox only: the IMAP server the access check logs in to, host[:port] (default port 993).
     imap_host: Optional[str] = Field(None, alias="MC_IMAP_HOST",
                                      pattern=r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:\d{1,5})?$")
-    # Webhooks (shared/webhooks.py): targets from settings, besides those registered through /v1/webhooks.
+    # Webhooks (shared/webhooks/): targets from settings, besides those registered through /v1/webhooks.
     webhook_urls: str = Field("", alias="MC_WEBHOOK_URLS")
     # Local only: the signing secret of the MC_WEBHOOK_URLS targets (in Azure: Key Vault mc-webhook-secret).
     webhook_secret: Optional[str] = Field(None, alias="MC_WEBHOOK_SECRET")
     # redirectUrl of the re-authentication link in authenticationError webhooks (empty: the account's last
     # sign-in redirectUrl).
     reauth_redirect_url: Optional[str] = Field(None, alias="MC_REAUTH_REDIRECT_URL")
-    # Credential keep-alive (shared/keepalive.py): refresh refresh tokens written more than this many days
+    # Credential keep-alive (shared/handoff/keepalive.py): refresh refresh tokens written more than this many days
     # ago (Microsoft's window is 90 days of inactivity), at most this many credentials per hourly run.
     keepalive_days: int = Field(30, alias="MC_KEEPALIVE_DAYS", ge=1, le=80)
     keepalive_max_per_run: int = Field(50, alias="MC_KEEPALIVE_MAX_PER_RUN", ge=0, le=10_000)

@@ -10,7 +10,7 @@ from typing import Iterator
 import pytest
 
 from shared.settings import get_settings
-from shared.tables.client import reset_clients
+from shared.storage.tables.client import reset_clients
 from tools.azurite import Azurite, start_azurite
 
 pytest_plugins = ["tests.leakcheck"]  # no secret in any log record or service response of the run
@@ -54,9 +54,9 @@ def env(monkeypatch: pytest.MonkeyPatch, azurite: Azurite, table_prefix: str, tm
 
 
 def _reset() -> None:
-    from shared.identity import _http_cache
-    from shared.secrets.factory import reset_secret_store
-    from shared.tokens import reset_token_cache
+    from shared.microsoft.identity import _http_cache
+    from shared.storage.secrets.factory import reset_secret_store
+    from shared.handoff.tokens import reset_token_cache
 
     get_settings.cache_clear()
     reset_clients()
@@ -82,7 +82,7 @@ def set_env(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]):
 
 @pytest.fixture
 def identity():
-    from sandbox.identity import FakeIdentity
+    from sandbox.fakes.identity import FakeIdentity
 
     fake = FakeIdentity().start()
     yield fake
@@ -98,10 +98,10 @@ def service_env() -> dict[str, str | None]:
 @pytest.fixture
 def keyvault(monkeypatch):
     """The Key Vault fake, and the process's Azure credential replaced by a fake one."""
-    from tests.fakes.keyvault import FakeCredential, FakeKeyVault
+    from sandbox.fakes.keyvault import FakeCredential, FakeKeyVault
 
     vault = FakeKeyVault().start()
-    monkeypatch.setattr("shared.azure_credential.get_azure_credential", lambda settings: FakeCredential())
+    monkeypatch.setattr("shared.storage.azure_credential.get_azure_credential", lambda settings: FakeCredential())
     yield vault
     vault.stop()
 
@@ -110,7 +110,7 @@ def keyvault(monkeypatch):
 def mailboxes():
     """Exchange's mailbox permissions, shared by the IMAP and Graph fakes. Open to everyone by default (tests
     that are not about permissions connect any mailbox); set ``open_all = False`` and ``grant`` to test them."""
-    from tests.fakes.graph import Mailboxes
+    from sandbox.fakes.graph import Mailboxes
 
     return Mailboxes(open_all=True)
 
@@ -118,7 +118,7 @@ def mailboxes():
 @pytest.fixture
 def imap(identity, mailboxes):
     """Fake Exchange IMAP for the sign-in's mailbox access check (``service`` points MC_IMAP_HOST at it)."""
-    from tests.fakes.imap import FakeImap
+    from sandbox.fakes.imap import FakeImap
 
     fake = FakeImap(identity, mailboxes).start()
     yield fake
@@ -129,7 +129,7 @@ def imap(identity, mailboxes):
 def graph(identity, mailboxes):
     """Fake Graph mail folders; a test that wants it sets ``MC_GRAPH_URL=graph.url`` (``service`` does not,
     because MC_GRAPH_URL also changes the Graph base URL the token hand-off reports)."""
-    from tests.fakes.graph import FakeGraph
+    from sandbox.fakes.graph import FakeGraph
 
     fake = FakeGraph(identity, mailboxes).start()
     yield fake

@@ -324,15 +324,17 @@ def fast_clients(monkeypatch: pytest.MonkeyPatch, timeouts: Timeouts = Timeouts(
     """Shorten the clients' timeouts and back-offs; keep their retry counts (the behaviour under test).
 
     None of these has a setting (``MC_*``): the Table client's ``connection_timeout=5, read_timeout=15`` and
-    the SDK's default back-off (``shared/tables/client.py``), MSAL's ``timeout=15`` (``shared/identity.py``;
+    the SDK's default back-off (``shared/storage/tables/client.py``), MSAL's ``timeout=15`` (``shared/microsoft/identity.py``;
     MSAL ignores it, see ``test_calls_to_microsoft_carry_a_timeout``: the cap here is the only timeout),
-    the Key Vault store's ``read_timeout``/``max_wait`` (``shared/secrets/keyvault.py``, not passed by the
+    the Key Vault store's ``read_timeout``/``max_wait`` (``shared/storage/secrets/keyvault.py``, not passed by the
     factory) and ``access_check.TIMEOUT_SECONDS``. So they are patched here.
     """
     import azure.data.tables as tables_sdk
 
-    from shared import access_check, identity
-    from shared.secrets.keyvault import KeyVaultSecretStore
+    from shared.microsoft import access_check
+
+    from shared.microsoft import identity
+    from shared.storage.secrets.keyvault import KeyVaultSecretStore
 
     original = tables_sdk.TableServiceClient
 

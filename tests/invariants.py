@@ -23,12 +23,14 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from shared.secrets import SecretNotFound, get_secret_store
-from shared.tables.client import table
-from shared.tokens import reset_token_cache
+from shared.storage.secrets.base import SecretNotFound
+
+from shared.storage.secrets.factory import get_secret_store
+from shared.storage.tables.client import table
+from shared.handoff.tokens import reset_token_cache
 from tests.service import APP_REDIRECT, Browser, query
 
-SECRET_PREFIX = "rt-"  # shared.signin.credential_secret_name
+SECRET_PREFIX = "rt-"  # shared.signin.flow.credential_secret_name
 
 
 # --- sign-in helpers ----------------------------------------------------------------------------------------
@@ -98,7 +100,7 @@ def check_consistency(service) -> Consistency:
     """Every account is whole and answers 200, or degraded (the documented narrow race of a delete or re-bind
     with a sign-in of the same credential) and answers 409 ``reauthentication_required``, never a 5xx or a
     token; leftovers are counted, not asserted (the callers decide)."""
-    from shared.signin import credential_secret_name
+    from shared.signin.flow import credential_secret_name
 
     found = Consistency()
     reset_token_cache()  # the next hand-off must read the credential (a cached access token hides nothing)
@@ -206,7 +208,7 @@ def problems(found: Survey, *, dead_claims_allowed: bool = False) -> list[str]:
 def refresh_tokens_in_tables(identity, prefix: str) -> list[str]:
     """Invariant 5: where an issued refresh token (or a 24-character slice of it) appears in any row of the
     test's tables (the local store's ``secrets`` table holds only ciphertext)."""
-    from shared.tables.client import _service
+    from shared.storage.tables.client import _service
     from shared.settings import get_settings
 
     with identity._lock:

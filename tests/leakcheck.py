@@ -14,11 +14,11 @@ What is captured, for every test:
 
 What counts as a secret (collected while the test runs):
 
-* every refresh token and access token a fake Microsoft identity platform (``tests.fakes.identity``) issued,
+* every refresh token and access token a fake Microsoft identity platform (``sandbox.fakes.identity``) issued,
   and the client secret of every app registered with it;
 * every value written to a secret store (``LocalSecretStore.set``, ``KeyVaultSecretStore.set``): refresh
   tokens, client secrets, the signing key in Key Vault;
-* every API token minted by ``shared.tables.apitokens.create_token`` (tests, the CLI, ``POST /v1/tokens``);
+* every API token minted by ``shared.storage.tables.apitokens.create_token`` (tests, the CLI, ``POST /v1/tokens``);
 * the ``MC_SIGNING_KEY`` and ``MC_LOCAL_SECRET_KEY`` of the test's environment.
 
 Values shorter than 16 characters or with fewer than 8 distinct characters are ignored (fuzzed "secrets"
@@ -204,7 +204,7 @@ def issued_secrets(fake: Any) -> Iterable[tuple[str, str]]:
     """Refresh tokens, access tokens and client secrets a ``FakeIdentity`` knows.
 
     Uses ``fake.issued_secrets()`` when the fake offers it, else its private registries (kept in step with
-    ``sandbox/identity.py``; a missing registry is an error here, so the check cannot silently go blind).
+    ``sandbox/fakes/identity.py``; a missing registry is an error here, so the check cannot silently go blind).
     """
     public = getattr(fake, "issued_secrets", None)
     if callable(public):
@@ -267,12 +267,12 @@ def _wrap(owner: Any, name: str, after) -> None:
 
 def install(check: LeakCheck) -> None:
     """Patch the sources of secrets and the local host (idempotent). Runs before test modules are imported,
-    so ``from shared.tables.apitokens import create_token`` in a test gets the recording version."""
-    import shared.tables.apitokens as apitokens
+    so ``from shared.storage.tables.apitokens import create_token`` in a test gets the recording version."""
+    import shared.storage.tables.apitokens as apitokens
     import tools.localhost as localhost
-    from shared.secrets.keyvault import KeyVaultSecretStore
-    from shared.secrets.local import LocalSecretStore
-    from tests.fakes.identity import FakeIdentity
+    from shared.storage.secrets.keyvault import KeyVaultSecretStore
+    from shared.storage.secrets.local import LocalSecretStore
+    from sandbox.fakes.identity import FakeIdentity
 
     _wrap(apitokens, "create_token", lambda result, *a, **k: check.add_secret(result[0], API_TOKEN))
 

@@ -10,10 +10,10 @@ from urllib.parse import parse_qs, urlsplit
 
 import requests
 
-from shared.oauth_apps import register_app
+from shared.core.apps import register_app
 from shared.settings import get_settings
-from shared.tables.apitokens import create_token
-from shared.tables.apps import OAuthApp
+from shared.storage.tables.apitokens import create_token
+from shared.storage.tables.apps import OAuthApp
 
 APP_REDIRECT = "https://app.example/connected"
 

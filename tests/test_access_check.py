@@ -7,13 +7,13 @@ import logging
 
 import pytest
 
-from shared import access_check
-from shared.secrets import get_secret_store
+from shared.microsoft import access_check
+from shared.storage.secrets.factory import get_secret_store
 from shared.settings import load_settings
-from shared.signin import credential_id
-from shared.tables import accounts, principals
-from shared.tables.accounts import AUTH_ERROR, CONNECTED
-from shared.tables.client import table
+from shared.signin.flow import credential_id
+from shared.storage.tables import accounts, principals
+from shared.storage.tables.accounts import AUTH_ERROR, CONNECTED
+from shared.storage.tables.client import table
 from tests.service import Service
 from tools.azurite import free_port
 
@@ -255,7 +255,7 @@ def test_a_denied_mailbox_is_not_a_reason_to_retry_in_strict_mode(service, ident
 # --- after a successful sign-in ---------------------------------------------------------------------------
 
 def test_a_successful_sign_in_reconnects_the_credentials_other_accounts(service, identity):
-    from shared.tokens import mark_reauthentication_required
+    from shared.core.account_state import mark_reauthentication_required
 
     bob = identity.add_user("bob@contoso.com")
     first = service.sign_in(service.link(email="a@contoso.com", delegated=True), bob).result["account"]
@@ -291,7 +291,7 @@ def test_settings_values(no_local_settings):
     ("[::1]:2993", ("::1", 2993)),
 ])
 def test_imap_endpoint(value, expected, no_local_settings):
-    from shared.tables.apps import OAuthApp
+    from shared.storage.tables.apps import OAuthApp
 
     settings = load_settings({"MC_IMAP_HOST": value} if value else {})
     app = OAuthApp.model_construct(cloud="global", baseScopes="imap")
@@ -307,7 +307,7 @@ def test_xoauth2_initial_response():
 
 def test_results_never_carry_the_token(identity, imap, graph, mailboxes, env):
     """Whatever the outcome, the detail that goes to the logs does not contain the access token."""
-    from shared.tables.apps import OAuthApp
+    from shared.storage.tables.apps import OAuthApp
 
     token = "secret-token-value-" + "x" * 40
     settings = load_settings({"MC_IMAP_HOST": imap.address, "MC_GRAPH_URL": graph.url,

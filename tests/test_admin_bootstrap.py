@@ -1,4 +1,4 @@
-"""The admin bootstrap (``shared/bootstrap.py``): the first admin token of a private deployment comes in
+"""The admin bootstrap (``shared/admin/bootstrap.py``): the first admin token of a private deployment comes in
 through the API with a one-time ``mcb_`` token whose hash the postprovision hook put in the secret store.
 
 Real HTTP through the local host, real Azurite, the local secret store or the Key Vault fake driven by the
@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 
-from shared import bootstrap
-from shared.secrets import get_secret_store
-from shared.tables.apitokens import create_token, hash_token, revoke_token
-from shared.tables.client import table
+from shared.admin import bootstrap
+from shared.storage.secrets.factory import get_secret_store
+from shared.storage.tables.apitokens import create_token, hash_token, revoke_token
+from shared.storage.tables.client import table
 from tests.leakcheck import _KEY
 
 BOOTSTRAP_TOKEN = "admin bootstrap token"  # leakcheck kinds that no response or log may ever carry

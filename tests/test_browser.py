@@ -25,7 +25,7 @@ from playwright.sync_api import Browser, Page, Response, sync_playwright
 
 from sandbox.demo import DemoApp
 from sandbox.server import SHARED_MAILBOXES, Sandbox
-from shared.tables.apps import OAuthApp
+from shared.storage.tables.apps import OAuthApp
 
 ROOT = Path(__file__).resolve().parent.parent
 SCREENSHOTS = ROOT / "test-output" / "screenshots"
@@ -86,7 +86,7 @@ class Stack:
 @pytest.fixture
 def stack(env, set_env) -> Iterator[Stack]:  # env also clears MSAL's discovery cache
     from shared.settings import get_settings
-    from shared.tables.apitokens import create_token
+    from shared.storage.tables.apitokens import create_token
     from tools.azurite import free_port
     from tools.localhost import load_function_app, serve
 
@@ -169,7 +169,7 @@ def test_own_mailbox_from_the_demo_app(page: Page, stack: Stack):
     assert '"accessToken"' in page.locator("#response").inner_text()
     shot(page, "demo-access-token")
 
-    from shared.tables import accounts
+    from shared.storage.tables import accounts
     row = accounts.get_account(account)
     assert (row.email, row.delegated, row.signerUpn) == ("ada@contoso.example", False, "ada@contoso.example")
 
@@ -184,7 +184,7 @@ def test_shared_mailbox_signed_in_by_a_delegate(page: Page, stack: Stack):
     page.wait_for_url(re.compile(re.escape(stack.demo.redirect_url) + r"\?"))
     account, state = account_of(page)
     assert state == "new"
-    from shared.tables import accounts
+    from shared.storage.tables import accounts
     row = accounts.get_account(account)
     assert (row.email, row.delegated, row.signerUpn) == (SHARED_MAILBOXES[0], True, "bob@contoso.example")
     assert "login_hint" not in stack.sandbox.identity.last_authorize
@@ -214,7 +214,7 @@ def test_a_user_who_cannot_open_the_shared_mailbox_is_refused(page: Page, stack:
     page.wait_for_url(re.compile(re.escape(stack.demo.redirect_url) + r"\?.*error=mailbox_access_denied"))
     assert SHARED_MAILBOXES[0] in page.locator("main").inner_text()
     shot(page, "demo-mailbox-access-denied")
-    from shared.tables.client import table
+    from shared.storage.tables.client import table
     assert list(table("accounts").list_entities()) == []
 
     page.goto(link)  # nothing was stored and the link was not used up: Bob can still connect it
@@ -226,8 +226,8 @@ def test_a_user_who_cannot_open_the_shared_mailbox_is_refused(page: Page, stack:
 # ------------------------------------------------------------------------------------------------ pages
 
 def test_expired_link(page: Page, stack: Stack):
-    from shared import linkcodec
-    from shared.models import LinkData
+    from shared.core import links as linkcodec
+    from shared.schemas import LinkData
     from shared.settings import get_settings
 
     now = int(time.time())
@@ -274,12 +274,12 @@ def test_callback_in_another_browser(page: Page, stack: Stack, browser: Browser)
 
 
 def test_sign_in_session_expired_offers_a_retry(page: Page, stack: Stack, monkeypatch):
-    import shared.signin
-    from shared.tables.records import utcnow
+    import shared.signin.flow
+    from shared.storage.tables.records import utcnow
 
     page.goto(stack.link(email=SHARED_MAILBOXES[0], delegated=True))
     on_sign_in_page(page, stack)
-    monkeypatch.setattr(shared.signin, "utcnow", lambda: utcnow() + timedelta(hours=1))  # the person took an hour
+    monkeypatch.setattr(shared.signin.flow, "utcnow", lambda: utcnow() + timedelta(hours=1))  # the person took an hour
     with page.expect_navigation(url=re.compile(re.escape(stack.url) + "/oauth")) as nav:
         page.get_by_role("button", name=re.compile("^Sign in as Bob Smith")).click()
     assert_hosted_page(nav.value, 410, "This sign-in took too long")
@@ -302,7 +302,7 @@ def test_unknown_session(page: Page, stack: Stack):
 
 def test_every_hosted_page_is_self_contained(page: Page, stack: Stack):
     """Render each page kind in the browser: no request leaves the page, it reads as plain words."""
-    from shared.pages import PAGES, render
+    from shared.signin.pages import PAGES, render
 
     requests_made: list[str] = []
     page.on("request", lambda request: requests_made.append(request.url))

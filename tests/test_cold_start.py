@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-BLUEPRINTS = ROOT / "shared" / "blueprints"
+BLUEPRINTS = ROOT / "shared" / "web" / "blueprints"
 
 # Imported by a request's handler (or lazily deeper down), never by the worker's start-up.
 HEAVY = ("pydantic", "msal", "azure.core", "azure.data", "azure.identity", "azure.keyvault", "requests",
@@ -47,8 +47,8 @@ def test_importing_function_app_loads_no_heavy_package():
 
 def test_importing_function_app_loads_only_the_blueprints_of_our_package():
     modules, _ = fresh("import function_app")
-    blueprints = {f"shared.blueprints.{p.stem}" for p in BLUEPRINTS.glob("*.py") if p.stem != "__init__"}
-    assert {m for m in modules if loaded({m}, "shared")} == {"shared", "shared.blueprints", *blueprints}
+    blueprints = {f"shared.web.blueprints.{p.stem}" for p in BLUEPRINTS.glob("*.py") if p.stem != "__init__"}
+    assert {m for m in modules if loaded({m}, "shared")} == {"shared", "shared.web", "shared.web.api", "shared.web.blueprints", *blueprints}
 
 
 def test_indexing_binds_every_function_without_importing_a_handler_dependency():
@@ -66,22 +66,22 @@ def test_indexing_binds_every_function_without_importing_a_handler_dependency():
                     for p in BLUEPRINTS.glob("*.py"))
     assert len(bound) == decorated >= 25
     assert set(bound.values()) == {"HttpRequest", "TimerRequest"}  # func.HttpRequest, func.TimerRequest
-    assert not loaded(modules, "pydantic") and "shared.http" not in modules
+    assert not loaded(modules, "pydantic") and "shared.web.http" not in modules
 
 
 def test_a_token_hand_off_imports_no_other_area():
     """A first token hand-off (its token check stubbed, an invalid account id: no storage needed) imports the
     hand-off's modules and no other area's: not the OpenAPI builder, webhooks, forms or sign-in."""
     modules, answer = fresh(
-        "import function_app, shared.auth\n"
-        "shared.auth.require_token = lambda req, scope: None\n"
+        "import function_app, shared.web.auth\n"
+        "shared.web.auth.require_token = lambda req, scope: None\n"
         "[handler] = [f.get_user_function() for f in function_app.app.get_functions()\n"
         "             if f.get_function_name() == 'account_oauth_token']\n"
         "response = handler(azure.functions.HttpRequest('GET', 'http://h/api/v1/account/a%3Fb/oauth-token',\n"
         "                                               route_params={'account': 'a?b'}, body=b''))",
         result="[response.status_code, json.loads(response.get_body())['field']]")
     assert answer == [400, "account"]
-    assert "shared.tokens" in modules
-    others = ("shared.openapi", "shared.webhooks", "shared.forms", "shared.signin", "shared.pages",
-              "shared.accounts_service", "shared.apps_service", "shared.apitokens_service")
+    assert "shared.handoff.tokens" in modules
+    others = ("shared.web.openapi", "shared.webhooks.dispatcher", "shared.admin.forms", "shared.signin.flow", "shared.signin.pages",
+              "shared.admin.accounts", "shared.admin.apps", "shared.admin.apitokens")
     assert [m for m in others if m in modules] == []

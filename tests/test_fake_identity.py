@@ -17,7 +17,7 @@ import msal
 import pytest
 import requests
 
-from sandbox.identity import CONSUMERS_TENANT_ID, REMOVE, FakeIdentity, FakeUser
+from sandbox.fakes.identity import CONSUMERS_TENANT_ID, REMOVE, FakeIdentity, FakeUser
 
 IMAP = "https://outlook.office.com/IMAP.AccessAsUser.All"
 SMTP = "https://outlook.office.com/SMTP.Send"

@@ -47,15 +47,15 @@ from typing import Any, Optional
 
 import pytest
 
-from shared.identity import refresh
-from shared.pages import PAGES
-from shared.secrets import get_secret_store
+from shared.microsoft.identity import refresh
+from shared.signin.pages import PAGES
+from shared.storage.secrets.factory import get_secret_store
 from shared.settings import get_settings
-from shared.signin import derived_account_id
-from shared.tables import accounts, principals
-from shared.tables.client import table
-from shared.tables.records import utcnow
-from shared.tokens import reset_token_cache
+from shared.signin.flow import derived_account_id
+from shared.storage.tables import accounts, principals
+from shared.storage.tables.client import table
+from shared.storage.tables.records import utcnow
+from shared.handoff.tokens import reset_token_cache
 from tests.faults import BATCH, ConnectionFault, DiskAzurite, FaultProxy, collection, entity, fast_clients
 from tests.invariants import back_at_app, prepare, problems, refresh_tokens_in_tables, survey, whole_and_working
 from tests.service import APP_REDIRECT, Browser, Service, query
@@ -137,12 +137,12 @@ def keyvault(monkeypatch):
     """As conftest's, with a server loop that stops in milliseconds (the default poll interval is 0.5 s)."""
     import threading
 
-    from tests.fakes.keyvault import FakeCredential, FakeKeyVault
+    from sandbox.fakes.keyvault import FakeCredential, FakeKeyVault
 
     vault = FakeKeyVault()
     thread = threading.Thread(target=vault.server.httpd.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True)
     thread.start()
-    monkeypatch.setattr("shared.azure_credential.get_azure_credential", lambda settings: FakeCredential())
+    monkeypatch.setattr("shared.storage.azure_credential.get_azure_credential", lambda settings: FakeCredential())
     yield vault
     vault.server.httpd.shutdown()
     vault.server.httpd.server_close()
@@ -242,7 +242,7 @@ class VaultFault:
         return bool(self._ours()) if self.conn is None else self.conn.applied > 0
 
     def absorbed(self) -> bool:
-        return self.fault.blip  # the store retries 429/5xx/network errors itself (shared/secrets/keyvault.py)
+        return self.fault.blip  # the store retries 429/5xx/network errors itself (shared/storage/secrets/keyvault.py)
 
 
 class MicrosoftFault:
@@ -434,7 +434,7 @@ def token_request_with_fault(service, identity, injector, *, rotation: bool, key
 
     if response.status_code == 500:
         devs.add("500", response.text[:200])
-    if injector.absorbed() or rotation:  # a failed rotation write is logged; the request succeeds (shared/tokens.py)
+    if injector.absorbed() or rotation:  # a failed rotation write is logged; the request succeeds (shared/handoff/tokens.py)
         if response.status_code != 200:
             devs.add("blip-not-absorbed" if injector.absorbed() else "wrong-answer",
                      f"{response.status_code} {response.text[:200]}")
@@ -578,7 +578,7 @@ TOKEN_STEPS = {s.name: (s, rotation) for s, rotation in (
     (Step("rotation-secret-write", "PUT", entity("secrets", "rt-[0-9a-f]+")), True),
     (Step("rotation-credential-row", "PUT", entity("principals", row="credential")), True),
 )}
-# Every read fails the same way (an exception out of shared/tokens.py hand_off, mapped by api_handler), so each
+# Every read fails the same way (an exception out of shared/handoff/tokens.py hand_off, mapped by api_handler), so each
 # read gets the persistent faults and one of them the blips too.
 TOKEN_FAULTS = {
     "api-token-read": "503 reset",
@@ -665,7 +665,7 @@ def test_lost_commit_answer_does_not_let_the_link_make_a_second_account(service,
 def test_calls_to_microsoft_carry_a_timeout(service, identity, monkeypatch):
     """A Microsoft endpoint that accepts the connection and never answers must not hold a sign-in or a token
     request forever. MSAL applies its ``timeout`` only to a session it builds itself, so the service's session
-    (``shared.outbound``) carries a default timeout; observed here where every request leaves: the transport."""
+    (``shared.microsoft.outbound``) carries a default timeout; observed here where every request leaves: the transport."""
     import requests.adapters
 
     seen: list[Any] = []

@@ -6,9 +6,9 @@ from datetime import datetime, timezone
 
 import pytest
 
-from shared import linkcodec
+from shared.core import links as linkcodec
 from shared.settings import get_settings
-from shared.tables.client import table
+from shared.storage.tables.client import table
 from tests.service import query
 
 STORED = ("accounts", "principals", "flows", "links")
@@ -106,7 +106,7 @@ def test_api_token_is_required(service, authorization):
 
 def test_type_is_optional_with_one_app_and_required_with_two(service, identity):
     assert service.form().status_code == 200
-    from shared.oauth_apps import register_app
+    from shared.core.apps import register_app
 
     register_app(name="second", client_id="c2", client_secret_value="s2", settings=get_settings())
     ambiguous = service.form()

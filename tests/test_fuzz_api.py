@@ -55,8 +55,8 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from shared.tables.apitokens import create_token
-from shared.tables.client import table
+from shared.storage.tables.apitokens import create_token
+from shared.storage.tables.client import table
 from tests.service import APP_REDIRECT
 
 EXAMPLES = int(os.environ.get("MC_FUZZ_EXAMPLES", "15"))
@@ -181,7 +181,7 @@ def test_every_operation_without_a_token(service, seeded):
 
 def assert_no_dangling_rows() -> None:
     """Every account row still has its credential and index row (the fuzzing may delete accounts)."""
-    from shared.tables import principals
+    from shared.storage.tables import principals
 
     for row in table("accounts").query_entities("RowKey eq ''"):  # account rows, not event rows
         credential = principals.get_credential(row["credentialId"])

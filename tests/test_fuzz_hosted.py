@@ -35,7 +35,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from shared.tables.client import table
+from shared.storage.tables.client import table
 from tests.service import APP_REDIRECT, Browser
 from tools.localhost import query_params
 
@@ -319,7 +319,7 @@ def cookies(draw, flow: Flow, other: Flow) -> Optional[str]:
 
 def cookie_intact(cookie: Optional[str], flow: Flow) -> bool:
     """Whether the service's lenient parser (first occurrence wins) sees the genuine binding."""
-    from shared.blueprints.hosted import parse_cookies
+    from shared.web.blueprints.hosted import parse_cookies
 
     name, _, value = flow.cookie.partition("=")
     return parse_cookies(cookie).get(name) == value

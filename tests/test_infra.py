@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 
 from shared.settings import Settings
-from shared.tables import TABLES
+from shared.storage.tables import TABLES
 
 ROOT = Path(__file__).resolve().parent.parent
 BICEP_DIR = ROOT / "infra" / "bicep"
@@ -89,7 +89,7 @@ FLEX_REFUSED_APP_SETTINGS = {
     "SCM_DO_BUILD_DURING_DEPLOYMENT", "ENABLE_ORYX_BUILD", "PYTHON_ISOLATE_WORKER_DEPENDENCIES",
 }
 FLEX_REFUSED_APP_SETTING_PREFIXES = ("WEBSITE_CONTENT",)
-# Tables of shared/tables TABLES that the template does not create.
+# Tables of shared/storage/tables TABLES that the template does not create.
 LOCAL_ONLY_TABLES = {
     "secrets": "only the local encrypted secret store uses it; in Azure secrets live in Key Vault",
 }

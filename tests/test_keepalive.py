@@ -1,4 +1,4 @@
-"""The credential keep-alive (``shared.keepalive``): old credentials are refreshed and their new refresh
+"""The credential keep-alive (``shared.handoff.keepalive``): old credentials are refreshed and their new refresh
 token stored, fresh ones are left alone, revoked ones are reported once, and a run stays within its
 budget. Old means ``tokenWrittenAt`` backdated by rewriting the credential row: no waiting."""
 
@@ -10,15 +10,16 @@ import pytest
 
 from tests.service import connect
 
-from shared.keepalive import run_keepalive
-from shared.secrets import SecretStoreUnavailable, get_secret_store
+from shared.handoff.keepalive import run_keepalive
+from shared.storage.secrets.base import SecretStoreUnavailable
+from shared.storage.secrets.factory import get_secret_store
 from shared.settings import get_settings
-from shared.signin import credential_id
-from shared.tables import accounts, principals
-from shared.tables.accounts import AUTH_ERROR, CONNECTED
-from shared.tables.client import table
-from shared.tables.records import utcnow
-from shared.tokens import reset_token_cache
+from shared.signin.flow import credential_id
+from shared.storage.tables import accounts, principals
+from shared.storage.tables.accounts import AUTH_ERROR, CONNECTED
+from shared.storage.tables.client import table
+from shared.storage.tables.records import utcnow
+from shared.handoff.tokens import reset_token_cache
 
 
 def cred(service, user) -> str:

@@ -8,14 +8,15 @@ from datetime import timedelta
 
 import pytest
 
-from shared import oauth_apps
-from shared.secrets import SecretNotFound, get_secret_store
-from shared.signin import credential_id, credential_secret_name
-from shared.tables import accounts, principals
-from shared.tables.accounts import AUTH_ERROR, Account
-from shared.tables.apitokens import create_token, hash_token
-from shared.tables.client import table
-from shared.tables.records import utcnow
+from shared.core import apps as oauth_apps
+from shared.storage.secrets.base import SecretNotFound
+from shared.storage.secrets.factory import get_secret_store
+from shared.signin.flow import credential_id, credential_secret_name
+from shared.storage.tables import accounts, principals
+from shared.storage.tables.accounts import AUTH_ERROR, Account
+from shared.storage.tables.apitokens import create_token, hash_token
+from shared.storage.tables.client import table
+from shared.storage.tables.records import utcnow
 from tests.service import APP_REDIRECT, query
 
 SECRET = "s3cr3t-Value~with.chars_0123456789"

@@ -57,7 +57,7 @@ import os
 
 import azure.functions as func
 
-from tests.fakes.identity import FakeIdentity
+from sandbox.fakes.identity import FakeIdentity
 from tools.localhost import serve
 
 
@@ -74,7 +74,7 @@ def test_a_log_line_with_the_signing_key(monkeypatch):
 
 
 def test_responses(monkeypatch):
-    from shared.tables import apitokens
+    from shared.storage.tables import apitokens
 
     monkeypatch.setattr("secrets.token_urlsafe", lambda n=32: "Xy7-q" * 9)
     # create_token is recorded; only the table write is skipped here (no Azurite in this inner run).

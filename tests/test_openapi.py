@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from azure.functions.decorators.http import HttpTrigger
 
-from shared.openapi import openapi_document
+from shared.web.openapi import openapi_document
 from tests.service import APP_REDIRECT
 
 

@@ -34,7 +34,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from shared.settings import load_settings
-from tests.fakes import tls
+from sandbox.fakes import tls
 from tests.test_infra import HOOKS_DIR, LOCAL_ONLY_SETTINGS, ROOT, bicep, parsed  # noqa: F401  (fixtures)
 
 
@@ -295,7 +295,7 @@ def test_signing_key_waits_for_the_role_assignment_to_propagate():
 
 
 def test_signing_key_name_is_the_one_the_app_reads():
-    from shared.keys import SIGNING_KEY_SECRET
+    from shared.storage.keys import SIGNING_KEY_SECRET
 
     assert signing_key.SECRET_NAME == SIGNING_KEY_SECRET
 
@@ -640,7 +640,7 @@ open({str(log)!r}, "a").write(json.dumps(request) + "\\n")
 
 
 def test_printed_bootstrap_requests_are_what_the_admin_api_accepts(private_env, tmp_path):
-    from shared.api_models import ApiTokenCreate, OAuthAppCreate
+    from shared.schemas import ApiTokenCreate, OAuthAppCreate
 
     code, out, err = _run_main([], credential=_admin()[0], now=lambda: NOW)
     assert code == 0, err
@@ -665,8 +665,8 @@ def test_printed_bootstrap_requests_are_what_the_admin_api_accepts(private_env, 
 
 
 def test_bootstrap_secret_is_the_format_the_service_reads():
-    from shared import bootstrap
-    from shared.tables.apitokens import BOOTSTRAP_PREFIX
+    from shared.admin import bootstrap
+    from shared.storage.tables.apitokens import BOOTSTRAP_PREFIX
 
     assert (admin_bootstrap.SECRET_NAME, admin_bootstrap.TOKEN_PREFIX) == (bootstrap.SECRET_NAME, BOOTSTRAP_PREFIX)
     token = admin_bootstrap.new_token()

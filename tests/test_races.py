@@ -6,7 +6,7 @@ Each sign-in runs in its own ``tests.service.Browser`` (its own cookie jar, as s
 stopped at Microsoft's redirect back to ``/oauth`` so that only the callbacks race.
 
 "Consistent" (``tests.invariants.check_consistency``), from DESIGN.md invariants 1-5 and what
-``shared/accounts_service.py`` and the README document:
+``shared/admin/accounts.py`` and the README document:
 
 * the account row is the truth. An existing account is either **whole** (its credential row, its
   (credential, account) index row and the credential's secret all exist) and its token hand-off answers 200,
@@ -31,14 +31,14 @@ from typing import Any, Callable
 
 import pytest
 
-from shared.identity import refresh
-from shared.secrets import get_secret_store
+from shared.microsoft.identity import refresh
+from shared.storage.secrets.factory import get_secret_store
 from shared.settings import get_settings
-from shared.signin import credential_id, credential_secret_name
-from shared.tables import principals
-from shared.tables.client import table
-from shared.tables.records import utcnow
-from shared.tokens import reset_token_cache
+from shared.signin.flow import credential_id, credential_secret_name
+from shared.storage.tables import principals
+from shared.storage.tables.client import table
+from shared.storage.tables.records import utcnow
+from shared.handoff.tokens import reset_token_cache
 from tests.invariants import (Pending, account_rows, back_at_app, check_consistency, credential_rows, index_rows,
                               prepare)
 from tests.service import APP_REDIRECT

@@ -18,7 +18,7 @@ import requests
 
 from sandbox import SandboxRefused, running_in_azure
 from sandbox.demo import DemoApp
-from sandbox.identity import FakeIdentity
+from sandbox.fakes.identity import FakeIdentity
 from sandbox.server import CLIENT_ID, SHARED_MAILBOXES, TENANT_ID, USERS, Sandbox
 from tests.service import query, session
 from tools import run_local
@@ -215,7 +215,7 @@ def test_sandbox_choice_rejects_a_bad_setting():
 def demo_stack(env, set_env):  # env also clears MSAL's discovery cache
     """The service on the local host, pointed at a sandbox, with the sandbox app and the demo app."""
     from shared.settings import get_settings
-    from shared.tables.apitokens import create_token
+    from shared.storage.tables.apitokens import create_token
     from tools.azurite import free_port
     from tools.localhost import load_function_app, serve
 
@@ -259,7 +259,7 @@ def test_demo_app_walks_the_flow_and_fetches_a_token(demo_stack):
     assert token_page.status_code == 200 and account in token_page.text
     assert "The service answered" in token_page.text
 
-    from shared.tables import accounts
+    from shared.storage.tables import accounts
     row = accounts.get_account(account)
     assert (row.email, row.delegated, row.signerUpn, row.appId) == (SHARED_MAILBOXES[1], True, "bob@contoso.example",
                                                                      app.id)
@@ -307,7 +307,7 @@ def test_control_api_wants_json(demo_stack):
 
 def test_ensure_app_reuses_the_sandbox_app_of_an_earlier_run(demo_stack):
     from shared.settings import get_settings
-    from shared.tables.apps import list_apps
+    from shared.storage.tables.apps import list_apps
 
     sb, _, app = demo_stack
     with Sandbox() as again:

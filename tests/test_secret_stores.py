@@ -9,18 +9,15 @@ import socket
 
 import pytest
 
-from shared.secrets import (
-    SecretNotFound,
-    SecretStoreError,
-    SecretStoreUnavailable,
-    get_secret_store,
-)
-from shared.secrets.factory import SecretStoreConfigError, reset_secret_store
-from shared.secrets.keyvault import KeyVaultSecretStore
-from shared.secrets.local import LocalSecretStore, local_key_id
+from shared.storage.secrets.base import SecretNotFound, SecretStoreError, SecretStoreUnavailable
+
+from shared.storage.secrets.factory import get_secret_store
+from shared.storage.secrets.factory import SecretStoreConfigError, reset_secret_store
+from shared.storage.secrets.keyvault import KeyVaultSecretStore
+from shared.storage.secrets.local import LocalSecretStore, local_key_id
 from shared.settings import SettingsError, get_settings
-from shared.tables.client import table
-from tests.fakes.keyvault import FakeCredential, FakeKeyVault
+from shared.storage.tables.client import table
+from sandbox.fakes.keyvault import FakeCredential, FakeKeyVault
 
 BAD_NAMES = ["a_b", "x" * 128, "", "a/b", "a.b", "caf\u00e9", "a b"]
 
@@ -447,7 +444,7 @@ def test_factory_local_key_must_be_32_bytes(set_env, value):
 
 def test_factory_picks_key_vault(kv, set_env, monkeypatch):
     credential = FakeCredential()
-    monkeypatch.setattr("shared.azure_credential.get_azure_credential", lambda settings: credential)
+    monkeypatch.setattr("shared.storage.azure_credential.get_azure_credential", lambda settings: credential)
     set_env(MC_KEY_VAULT_URL=kv.url, MC_CA_BUNDLE=kv.ca_bundle)
     store = get_secret_store()
     assert isinstance(store, KeyVaultSecretStore)
@@ -460,7 +457,7 @@ def test_factory_picks_key_vault(kv, set_env, monkeypatch):
 
 def test_factory_key_vault_in_azure_keeps_challenge_verification(kv, set_env, monkeypatch):
     credential = FakeCredential()
-    monkeypatch.setattr("shared.azure_credential.get_azure_credential", lambda settings: credential)
+    monkeypatch.setattr("shared.storage.azure_credential.get_azure_credential", lambda settings: credential)
     set_env(MC_KEY_VAULT_URL=kv.url, MC_CA_BUNDLE=kv.ca_bundle, WEBSITE_INSTANCE_ID="x")
     store = get_secret_store()  # Key Vault is allowed in Azure ...
     assert isinstance(store, KeyVaultSecretStore)

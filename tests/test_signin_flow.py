@@ -7,12 +7,12 @@ import threading
 
 import pytest
 
-from shared.identity import refresh
-from shared.secrets import get_secret_store
+from shared.microsoft.identity import refresh
+from shared.storage.secrets.factory import get_secret_store
 from shared.settings import get_settings
-from shared.tables.client import table
-from shared.tables import accounts, principals
-from shared.signin import credential_id, derived_account_id
+from shared.storage.tables.client import table
+from shared.storage.tables import accounts, principals
+from shared.signin.flow import credential_id, derived_account_id
 from tests.service import APP_REDIRECT, query, session
 
 
@@ -108,7 +108,7 @@ def test_reauthorising_with_another_signer_rebinds_the_index(service, identity):
     assert accounts.get_account("team-inbox").credentialId == new
     assert index_rows(new) == ["team-inbox"]
     assert index_rows(old) == [] and principals.get_credential(old) is None
-    from shared.secrets import SecretNotFound
+    from shared.storage.secrets.base import SecretNotFound
     with pytest.raises(SecretNotFound):
         get_secret_store().get(old_secret)
 
@@ -260,8 +260,8 @@ def test_the_redirect_to_microsoft_binds_the_browser(service, identity):
 def test_expired_link_is_a_hosted_page(service):
     import time
 
-    from shared import linkcodec
-    from shared.models import LinkData
+    from shared.core import links as linkcodec
+    from shared.schemas import LinkData
 
     now = int(time.time())
     link = LinkData(redirectUrl=APP_REDIRECT, type=service.app.id, nonce="n", iat=now - 100, exp=now - 1)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from shared.signin import credential_id, credential_secret_name
-from shared.tables import principals
-from shared.tables.client import table
+from shared.signin.flow import credential_id, credential_secret_name
+from shared.storage.tables import principals
+from shared.storage.tables.client import table
 from tests.service import query, session
 
 

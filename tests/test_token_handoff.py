@@ -10,14 +10,16 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from shared.identity import refresh
-from shared.secrets import SecretStoreUnavailable, get_secret_store
+from shared.microsoft.identity import refresh
+from shared.storage.secrets.base import SecretStoreUnavailable
+from shared.storage.secrets.factory import get_secret_store
 from shared.settings import get_settings
-from shared.signin import credential_id
-from shared.tables import accounts, principals
-from shared.tables.apitokens import create_token
-from shared.tables.records import utcnow
-from shared.tokens import mark_connected, mark_reauthentication_required, reset_token_cache
+from shared.signin.flow import credential_id
+from shared.storage.tables import accounts, principals
+from shared.storage.tables.apitokens import create_token
+from shared.storage.tables.records import utcnow
+from shared.core.account_state import mark_reauthentication_required
+from shared.handoff.tokens import mark_connected, reset_token_cache
 from tests.service import Service, connect
 
 IMAP_SCOPE = "https://outlook.office.com/IMAP.AccessAsUser.All"
@@ -349,13 +351,13 @@ def kv_service(env, set_env, identity, monkeypatch):
     """The service with the Key Vault fake as its secret store."""
     from azure.keyvault.secrets._shared import http_challenge_cache
 
-    from tests.fakes.keyvault import FakeCredential, FakeKeyVault
+    from sandbox.fakes.keyvault import FakeCredential, FakeKeyVault
     from tools.azurite import free_port
     from tools.localhost import load_function_app, serve
 
     vault = FakeKeyVault().start()
     http_challenge_cache.clear()
-    monkeypatch.setattr("shared.azure_credential.get_azure_credential", lambda settings: FakeCredential())
+    monkeypatch.setattr("shared.storage.azure_credential.get_azure_credential", lambda settings: FakeCredential())
     port = free_port()
     set_env(MC_PUBLIC_URL=f"http://localhost:{port}", MC_AUTHORITY_HOST=identity.host,
             MC_CA_BUNDLE=identity.ca_bundle, MC_KEY_VAULT_URL=vault.url)

@@ -1,5 +1,5 @@
 """Webhooks end to end: events written with the account change (outbox), fanned out and delivered by the
-dispatcher (``shared.webhooks``) to real HTTP receivers on 127.0.0.1, signed, retried with backoff on an
+dispatcher (``shared.webhooks.dispatcher``) to real HTTP receivers on 127.0.0.1, signed, retried with backoff on an
 injected clock (24 hours without waiting), dead-lettered and re-sent, and swept up after a lost fast path.
 
 The service runs on the local host (real Azurite, the fake Microsoft); the dispatcher runs in the test's
@@ -12,21 +12,22 @@ from datetime import timedelta
 
 import pytest
 
-from shared import webhooks
-from shared.linkcodec import decode
+from shared.core.links import decode
 from shared.settings import get_settings
-from shared.tables import deliveries, outbox
-from shared.tables.client import table
-from shared.tokens import reset_token_cache
-from shared.webhooks import MAX_AGE, Dispatcher, verify_signature
-from tests.fakes.webhooks import Clock, Receiver
+from shared.storage.tables import deliveries, outbox
+from shared.storage.tables.client import table
+from shared.handoff.tokens import reset_token_cache
+from shared.webhooks.dispatcher import MAX_AGE, Dispatcher, RunReport
+from shared.webhooks.signature import verify_signature
+from shared.webhooks.targets import forget_secrets
+from sandbox.fakes.webhooks import Clock, Receiver
 from tests.service import APP_REDIRECT, connect, query
 
 
 @pytest.fixture(autouse=True)
 def _fresh_caches():
     reset_token_cache()
-    webhooks.forget_secrets()
+    forget_secrets()
     yield
     reset_token_cache()
 
@@ -49,7 +50,7 @@ def register(service, url: str, **body) -> dict:
     return response.json()
 
 
-def dispatch(clock: Clock, **kwargs) -> webhooks.RunReport:
+def dispatch(clock: Clock, **kwargs) -> RunReport:
     return Dispatcher(get_settings(), clock=clock, **kwargs).run()
 
 
@@ -186,7 +187,7 @@ def test_webhook_api_validates_and_deletes(service, receiver, clock, identity):
 
 
 def _api_only_token() -> str:
-    from shared.tables.apitokens import create_token
+    from shared.storage.tables.apitokens import create_token
 
     return create_token("api only", ("api",))[0]
 

@@ -105,7 +105,7 @@ def sandbox_choice(flag: Optional[bool], values: dict[str, str], environ: dict[s
 
 def _has_real_apps() -> bool:
     from sandbox.server import CLIENT_ID
-    from shared.tables.apps import list_apps
+    from shared.storage.tables.apps import list_apps
 
     try:
         return any(app.enabled and app.clientId != CLIENT_ID for app in list_apps())
@@ -246,7 +246,7 @@ def _start_sandbox(args: argparse.Namespace, why: str, stack: list[Any], info: d
     from sandbox.demo import DemoApp
     from sandbox.server import Sandbox
     from shared.settings import get_settings
-    from shared.tables.apitokens import create_token
+    from shared.storage.tables.apitokens import create_token
 
     sandbox = Sandbox(interactive=not args.sign_in_as).start()
     stack.append(sandbox)

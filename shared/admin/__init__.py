@@ -1,0 +1,7 @@
+"""Admin: the services behind the ``/v1`` management API, one module per area.
+
+``forms`` (the EmailEngine form), ``accounts``, ``apps`` (OAuth apps), ``apitokens``, ``webhooks`` (targets
+and dead letters), ``bootstrap`` (the one-time admin token of a fresh deployment). Plain functions from
+schemas to schemas; HTTP is the web layer's job. May import every layer below (leaves to ``signin``,
+``handoff``, ``webhooks``); never ``web`` or ``cli``. This file stays import-free.
+"""

@@ -1,0 +1,78 @@
+"""OAuth apps as the sign-in sees them: resolving a form's ``type`` and fetching the client secret."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Optional
+
+from shared.errors import ApiError
+from shared.storage.secrets.factory import get_secret_store
+from shared.settings import Settings
+from shared.storage.tables import apps as app_table
+from shared.storage.tables.apps import OAuthApp
+
+SECRET_CACHE_SECONDS = 300.0  # a rotated client secret is picked up within this time
+
+_lock = threading.Lock()
+_secrets: dict[tuple[str, str], tuple[float, str]] = {}
+
+
+def resolve_app(app_id: Optional[str]) -> OAuthApp:
+    """The enabled app a form names, or the only enabled app when it names none."""
+    if app_id:
+        app = app_table.get_app(app_id)
+        if app is None:
+            raise ApiError(400, "unknown_app", f"no OAuth app with id {app_id!r}", field="type")
+        if not app.enabled:
+            raise ApiError(400, "app_disabled", f"the OAuth app {app_id!r} is disabled", field="type")
+        return app
+    enabled = [a for a in app_table.list_apps() if a.enabled]
+    if len(enabled) == 1:
+        return enabled[0]
+    if not enabled:
+        raise ApiError(400, "no_app", "no OAuth app is configured; register one first", field="type")
+    raise ApiError(400, "app_required", "several OAuth apps are enabled; name one in type", field="type")
+
+
+def client_secret(app: OAuthApp, settings: Settings) -> str:
+    """Cached per instance, so a warm hosted redirect makes no secret-store call."""
+    key = (app.id, app.secretName)
+    now = time.monotonic()
+    with _lock:
+        hit = _secrets.get(key)
+    if hit and now - hit[0] < SECRET_CACHE_SECONDS:
+        return hit[1]
+    value = get_secret_store(settings).get(app.secretName)
+    with _lock:
+        _secrets[key] = (now, value)
+    return value
+
+
+def forget_client_secret(app_id: str) -> None:
+    with _lock:
+        for key in [k for k in _secrets if k[0] == app_id]:
+            del _secrets[key]
+
+
+def register_app(*, name: str, client_id: str, client_secret_value: str, authority: str = "organizations",
+                 cloud: str = "global", base_scopes: str = "imap", extra_scopes: tuple[str, ...] = (),
+                 settings: Settings) -> OAuthApp:
+    """Secret first, then the row (the commit point): a crash in between leaves only an unused secret."""
+    from shared.clouds import CLOUDS
+    from shared.storage.tables.records import utcnow
+
+    if cloud not in CLOUDS:
+        raise ValueError(f"cloud must be one of {', '.join(CLOUDS)}")
+    if base_scopes not in ("imap", "api"):
+        raise ValueError("base scopes must be imap or api")
+    if not client_id or not client_secret_value:
+        raise ValueError("client id and client secret are required")
+    app_id = app_table.new_app_id()
+    now = utcnow()
+    app = OAuthApp(id=app_id, name=name, clientId=client_id, authority=authority, cloud=cloud,
+                   baseScopes=base_scopes, extraScopes=list(extra_scopes),
+                   secretName=app_table.client_secret_name(app_id), created=now, updated=now)
+    get_secret_store(settings).set(app.secretName, client_secret_value)
+    app_table.insert_app(app)
+    return app

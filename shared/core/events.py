@@ -1,0 +1,95 @@
+"""Lifecycle events: what happened to an account, recorded with the change itself (the outbox).
+
+Producers (the sign-in, the token hand-off and keep-alive, account deletion) build events here and hand
+them to the repository call that writes the account row (``shared.storage.tables.accounts``): the event rows go
+into the account's partition in the **same transaction** as the row change, so an event exists exactly
+when its change committed, and writing it cannot fail the request on its own. After the commit the
+producer calls :func:`publish` (the fast path: index rows in the ``outbox`` table), which never raises.
+Delivery is ``shared.webhooks.dispatcher``' business.
+
+Events (``event``; names as EmailEngine's where it has the event):
+
+``accountAdded``
+    A sign-in created a new account. ``data``: ``account``, ``name``, ``email``, ``delegated``, ``app``,
+    ``signer`` (``upn``, ``tenant``).
+``authenticationSuccess``
+    A sign-in completed (new or existing account), or a credential works again. ``data``: ``user`` (the
+    mailbox), ``state`` (``new``/``existing``, sign-ins only), ``reason`` (``signIn``: this account's
+    sign-in; ``credentialRepaired``: the signer signed in for another mailbox, or a token refresh worked
+    again), ``repaired`` (the account was in ``authenticationError`` before), ``delegated``, ``signer``.
+``authenticationError``
+    The account's credential stopped working; sent once per account, on the transition into
+    ``authenticationError`` (not on every failed refresh). ``data``: ``user``, ``response`` (Microsoft's
+    error description), ``serverResponseCode`` (the OAuth error, e.g. ``invalid_grant``), ``signer``,
+    ``accounts`` (every account of the same credential, all affected), and, added at delivery,
+    ``reauthUrl``/``reauthExpires``: a sign-in link that repairs this account (see ``shared.webhooks.dispatcher``).
+``accountDeleted``
+    ``DELETE /v1/account/{account}``. ``data``: ``account``, ``user``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Optional, Sequence
+
+from shared.storage.tables import outbox
+from shared.storage.tables.accounts import Account
+from shared.storage.tables.outbox import EventRow, new_event_id
+from shared.storage.tables.records import utcnow
+
+log = logging.getLogger("mailbox_connect.events")
+
+ACCOUNT_ADDED = "accountAdded"
+AUTHENTICATION_SUCCESS = "authenticationSuccess"
+AUTHENTICATION_ERROR = "authenticationError"
+ACCOUNT_DELETED = "accountDeleted"
+EVENT_TYPES = (ACCOUNT_ADDED, AUTHENTICATION_SUCCESS, AUTHENTICATION_ERROR, ACCOUNT_DELETED)
+
+
+def _event(kind: str, account_id: str, data: dict[str, Any]) -> EventRow:
+    return EventRow(id=new_event_id(), event=kind, account=account_id, date=utcnow(), data=data)
+
+
+def _signer(account: Account) -> dict[str, Any]:
+    return {"upn": account.signerUpn, "tenant": account.signerTid}
+
+
+def account_added(account: Account) -> EventRow:
+    return _event(ACCOUNT_ADDED, account.account, {
+        "account": account.account, "name": account.name, "email": account.email,
+        "delegated": account.delegated, "app": account.appId, "signer": _signer(account),
+    })
+
+
+def authentication_success(account: Account, *, reason: str, state: Optional[str] = None,
+                           repaired: bool = False) -> EventRow:
+    data: dict[str, Any] = {"user": account.email, "reason": reason, "repaired": repaired,
+                            "delegated": account.delegated, "signer": _signer(account)}
+    if state:
+        data["state"] = state
+    return _event(AUTHENTICATION_SUCCESS, account.account, data)
+
+
+def authentication_error(account: Account, code: str, description: str, affected: Sequence[str]) -> EventRow:
+    return _event(AUTHENTICATION_ERROR, account.account, {
+        "user": account.email, "response": description, "serverResponseCode": code,
+        "delegated": account.delegated, "signer": _signer(account), "accounts": list(affected),
+    })
+
+
+def account_deleted(account: Account) -> EventRow:
+    return _event(ACCOUNT_DELETED, account.account, {"account": account.account, "user": account.email})
+
+
+def publish(events: Sequence[EventRow]) -> None:
+    """The fast path, after the commit: index rows, so the next delivery run finds the events at once.
+
+    Never raises. A lost write delays the events until the sweeper's scan finds their rows (minutes).
+    """
+    if not events:
+        return
+    try:
+        outbox.add_index(list(events))
+    except Exception as exc:  # noqa: BLE001 - the events are committed; the sweeper will find them
+        log.warning("outbox index of %d event(s) not written (%s); the sweeper will pick them up",
+                    len(events), type(exc).__name__)

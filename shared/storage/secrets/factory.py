@@ -1,0 +1,104 @@
+"""Choosing and caching the process's secret store.
+
+* ``MC_KEY_VAULT_URL`` set: :class:`~shared.storage.secrets.keyvault.KeyVaultSecretStore`, authenticated with
+  :func:`shared.storage.azure_credential.get_azure_credential` (looked up at call time, so tests can monkeypatch
+  it) and trusting ``MC_CA_BUNDLE`` when set. Key Vault's challenge names ``https://vault.azure.net`` as
+  its resource; the SDK checks that the vault URL is under that domain. The check is relaxed only for a
+  loopback vault URL outside Azure (a local fake), never in Azure.
+* Otherwise the local encrypted store (:class:`~shared.storage.secrets.local.LocalSecretStore`) with the key in
+  ``MC_LOCAL_SECRET_KEY`` (base64 of 32 bytes), over the ``secrets`` table. In Azure (``settings.in_azure``)
+  this refuses with :class:`SecretStoreConfigError`; the store class refuses again on its own.
+
+The store is built once per process and settings object (``get_settings()`` is itself cached);
+``reset_secret_store()`` forgets it (tests, after changing the environment).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import threading
+from typing import Optional
+from urllib.parse import urlparse
+
+from shared.storage.secrets.base import SecretStore, SecretStoreError
+from shared.settings import Settings, SettingsError, get_settings
+
+SECRETS_TABLE = "secrets"
+_LOOPBACK = {"localhost", "127.0.0.1", "::1"}
+
+
+class SecretStoreConfigError(SecretStoreError, SettingsError):
+    """The secret store cannot be configured from these settings (names the setting to fix)."""
+
+
+_lock = threading.Lock()
+_cached: Optional[tuple[Settings, SecretStore]] = None
+
+
+def get_secret_store(settings: Optional[Settings] = None) -> SecretStore:
+    """The process's secret store for ``settings`` (default: ``get_settings()``), built on first use."""
+    global _cached
+    settings = settings or get_settings()
+    with _lock:
+        if _cached is not None and _cached[0] is settings:
+            return _cached[1]
+        store = build_secret_store(settings)
+        _cached = (settings, store)
+        return store
+
+
+def reset_secret_store() -> None:
+    """Forget the cached store (tests switch settings between runs)."""
+    global _cached
+    with _lock:
+        _cached = None
+
+
+def build_secret_store(settings: Settings) -> SecretStore:
+    """A new store for ``settings`` (uncached)."""
+    if settings.key_vault_url:
+        return _key_vault_store(settings)
+    return _local_store(settings)
+
+
+def _key_vault_store(settings: Settings) -> SecretStore:
+    from shared.storage import azure_credential
+    from shared.storage.secrets.keyvault import KeyVaultSecretStore
+
+    url = settings.key_vault_url or ""
+    parsed = urlparse(url)
+    if parsed.scheme != "https" or not parsed.hostname:
+        raise SecretStoreConfigError("MC_KEY_VAULT_URL must be an https URL, e.g. https://<vault>.vault.azure.net")
+    local_fake = not settings.in_azure and parsed.hostname.lower() in _LOOPBACK
+    return KeyVaultSecretStore(
+        url,
+        azure_credential.get_azure_credential(settings),
+        connection_verify=settings.ca_bundle or None,
+        verify_challenge_resource=not local_fake,
+    )
+
+
+def _local_store(settings: Settings) -> SecretStore:
+    if settings.in_azure:
+        raise SecretStoreConfigError(
+            "MC_KEY_VAULT_URL is required in Azure: the local secret store (MC_LOCAL_SECRET_KEY) is for "
+            "local runs only"
+        )
+    raw = settings.local_secret_key
+    if not raw:
+        raise SecretStoreConfigError(
+            "set MC_KEY_VAULT_URL (Key Vault) or MC_LOCAL_SECRET_KEY (local runs: base64 of 32 random bytes)"
+        )
+    try:
+        key = base64.b64decode(raw.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        raise SecretStoreConfigError("MC_LOCAL_SECRET_KEY must be base64 of 32 random bytes") from None
+    if len(key) != 32:
+        raise SecretStoreConfigError(
+            f"MC_LOCAL_SECRET_KEY must be base64 of 32 random bytes (it decodes to {len(key)} bytes)"
+        )
+    from shared.storage.secrets.local import LocalSecretStore
+    from shared.storage.tables.client import table
+
+    return LocalSecretStore(key, table(SECRETS_TABLE, settings), in_azure=settings.in_azure)

@@ -1,0 +1,81 @@
+"""API tokens: only SHA-256 hashes are stored; the row key is the hash, so a lookup is one point read."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from datetime import datetime
+from typing import Optional
+
+from shared.storage.tables.client import table
+from shared.storage.tables.records import Record, is_missing, utcnow
+
+TABLE = "apitokens"
+PARTITION = "token"
+TOKEN_PREFIX = "mc_"
+BOOTSTRAP_PREFIX = "mcb_"  # the one-time admin bootstrap (shared.admin.bootstrap); never stored in this table
+SCOPES = ("api", "admin")
+
+
+class ApiToken(Record):
+    id: str
+    name: str
+    scopes: str  # comma-separated
+    tokenHash: str
+    created: datetime
+
+    @property
+    def scope_set(self) -> frozenset[str]:
+        return frozenset(s for s in self.scopes.split(",") if s)
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def create_token(name: str, scopes: tuple[str, ...] = ("api",)) -> tuple[str, ApiToken]:
+    """A random 32-byte token, returned once; the caller must show it and forget it."""
+    unknown = set(scopes) - set(SCOPES)
+    if unknown or not scopes:
+        raise ValueError(f"scopes must be among {', '.join(SCOPES)}")
+    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    record = ApiToken(id=secrets.token_hex(8), name=name, scopes=",".join(sorted(set(scopes))),
+                      tokenHash=hash_token(token), created=utcnow())
+    table(TABLE).create_entity(record.to_entity(PARTITION, record.tokenHash))
+    return token, record
+
+
+def find_token(token: str) -> Optional[ApiToken]:
+    """The record of a presented token, or None. One point read; no caching, so revocation is immediate."""
+    if not token.startswith(TOKEN_PREFIX) or len(token) > 128 or not token.isascii():
+        return None
+    digest = hash_token(token)
+    try:
+        entity = table(TABLE).get_entity(PARTITION, digest)
+    except Exception as exc:
+        if is_missing(exc):
+            return None
+        raise
+    record = ApiToken.from_entity(entity)
+    return record if hmac.compare_digest(record.tokenHash, digest) else None
+
+
+def admin_token_exists() -> bool:
+    """Whether any token has the ``admin`` scope (ends the admin bootstrap). One query: every scope set but
+    exactly ``api`` includes ``admin``; the Python check keeps that true if scopes are ever added."""
+    rows = table(TABLE).query_entities("PartitionKey eq @pk and scopes ne @api", select=["scopes"],
+                                       parameters={"pk": PARTITION, "api": "api"}, results_per_page=100)
+    return any("admin" in str(row.get("scopes") or "").split(",") for row in rows)
+
+
+def list_tokens() -> list[ApiToken]:
+    return [ApiToken.from_entity(e) for e in table(TABLE).query_entities(f"PartitionKey eq '{PARTITION}'")]
+
+
+def revoke_token(token_id: str) -> bool:
+    for record in list_tokens():
+        if record.id == token_id:
+            table(TABLE).delete_entity(PARTITION, record.tokenHash)
+            return True
+    return False

@@ -1,0 +1,126 @@
+"""The principal-to-account index, partitioned by credential.
+
+Per credential: one ``credential`` row (signer, tenant, scopes, when the refresh token was last written)
+and one ``account:<id>`` row per account it reaches. Row keys make each (credential, account) pair
+unique by construction, so writing an index row is an idempotent upsert.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import ClassVar, Iterator, Optional
+
+from shared.storage.tables.client import table
+from shared.storage.tables.records import Record, delete_if_unchanged, is_missing, update_if_unchanged
+
+TABLE = "principals"
+CREDENTIAL_ROW = "credential"
+ACCOUNT_PREFIX = "account:"
+
+
+class Credential(Record):
+    JSON_FIELDS: ClassVar[tuple[str, ...]] = ("scopes",)
+    credentialId: str
+    appId: str
+    tid: str
+    oid: str
+    upn: str
+    name: Optional[str] = None
+    scopes: list[str] = []
+    secretName: str
+    tokenWrittenAt: datetime
+    # Set by the keep-alive (shared.handoff.keepalive) when only a new sign-in can help; a sign-in replaces the row
+    # without it, and the keep-alive skips the credential until then.
+    keepAliveAt: Optional[datetime] = None
+    # Set when Microsoft refused the refresh token (invalid_grant, ...; ``flag_broken``): the keep-alive
+    # skips the credential, and the next sign-in (which replaces the row without it) flips the
+    # credential's accounts back to connected.
+    brokenCode: Optional[str] = None
+
+    @property
+    def broken(self) -> bool:
+        return bool(self.brokenCode)
+
+
+class IndexRow(Record):
+    accountId: str
+    mailbox: str
+
+
+def upsert_credential(credential: Credential) -> Optional[str]:
+    """Write the row whole; returns its new ETag."""
+    from azure.data.tables import UpdateMode
+
+    result = table(TABLE).upsert_entity(credential.to_entity(credential.credentialId, CREDENTIAL_ROW),
+                                        mode=UpdateMode.REPLACE)
+    return (result or {}).get("etag")
+
+
+def flag_broken(credential_id: str, code: str) -> Optional[str]:
+    """Note on the credential row that only a new sign-in can repair it; returns the row's new ETag
+    (None when the row is missing: it is left missing)."""
+    from azure.data.tables import UpdateMode
+
+    try:
+        result = table(TABLE).update_entity(
+            {"PartitionKey": credential_id, "RowKey": CREDENTIAL_ROW, "brokenCode": code}, mode=UpdateMode.MERGE)
+    except Exception as exc:
+        if is_missing(exc):
+            return None
+        raise
+    return (result or {}).get("etag")
+
+
+def get_credential(credential_id: str) -> Optional[Credential]:
+    try:
+        return Credential.from_entity(table(TABLE).get_entity(credential_id, CREDENTIAL_ROW))
+    except Exception as exc:
+        if is_missing(exc):
+            return None
+        raise
+
+
+def add_account(credential_id: str, account_id: str, mailbox: str) -> None:
+    from azure.data.tables import UpdateMode
+
+    row = IndexRow(accountId=account_id, mailbox=mailbox)
+    table(TABLE).upsert_entity(row.to_entity(credential_id, ACCOUNT_PREFIX + account_id), mode=UpdateMode.REPLACE)
+
+
+def remove_account(credential_id: str, account_id: str) -> None:
+    table(TABLE).delete_entity(credential_id, ACCOUNT_PREFIX + account_id)
+
+
+def account_ids(credential_id: str) -> list[str]:
+    query = "PartitionKey eq @pk and RowKey ge @lo and RowKey lt @hi"
+    params = {"pk": credential_id, "lo": ACCOUNT_PREFIX, "hi": ACCOUNT_PREFIX[:-1] + chr(ord(ACCOUNT_PREFIX[-1]) + 1)}
+    rows = table(TABLE).query_entities(query, parameters=params, select=["accountId"])
+    return [row["accountId"] for row in rows]
+
+
+def delete_credential_row(credential: Credential) -> bool:
+    """Delete the credential row only if nobody rewrote it since ``credential`` was read."""
+    return delete_if_unchanged(table(TABLE), credential.credentialId, CREDENTIAL_ROW, credential.etag)
+
+
+# --- keep-alive (shared.handoff.keepalive) ----------------------------------------------------------------------
+
+def stale_credentials(written_before: datetime) -> Iterator[Credential]:
+    """Credential rows whose refresh token was last written before ``written_before``, oldest partitions
+    first (a filtered scan of the table; the keep-alive takes a bounded number per run)."""
+    rows = table(TABLE).query_entities("RowKey eq @row and tokenWrittenAt lt @before",
+                                       parameters={"row": CREDENTIAL_ROW, "before": written_before})
+    for entity in rows:
+        yield Credential.from_entity(entity)
+
+
+def clear_broken(credential_id: str) -> None:
+    """The credential works again (a refresh succeeded): drop ``brokenCode``; a missing row stays missing."""
+    flag_broken(credential_id, "")
+
+
+def mark_keep_alive_failed(credential: Credential, at: datetime) -> bool:
+    """Record a failed keep-alive on the row read as ``credential`` (its ETag), so it waits before the
+    next try. False when a sign-in rewrote the row meanwhile."""
+    entity = {"PartitionKey": credential.credentialId, "RowKey": CREDENTIAL_ROW, "keepAliveAt": at}
+    return update_if_unchanged(table(TABLE), entity, credential.etag, merge=True) is not None

@@ -1,0 +1,29 @@
+"""The decorator every JSON API handler wears: token scope check and error mapping, imported lazily.
+
+Blueprints import this module at start-up, so it imports only ``azure.functions`` and the standard library;
+:func:`shared.web.http.call_api` (pydantic, the services) loads on the first request.
+"""
+
+
+import functools
+from typing import Callable, Optional
+
+import azure.functions as func
+
+Handler = Callable[[func.HttpRequest], func.HttpResponse]
+
+
+def api(scope: Optional[str]) -> Callable[[Handler], Handler]:
+    """A JSON API handler: requires an API token with ``scope`` (``None``: public) and maps failures to
+    clear 4xx/503 answers (:func:`shared.web.http.call_api`, imported on the first request)."""
+
+    def decorate(fn: Handler) -> Handler:
+        @functools.wraps(fn)  # keeps the signature the worker binds by: (req: func.HttpRequest)
+        def handler(req: func.HttpRequest) -> func.HttpResponse:
+            from shared.web.http import call_api
+
+            return call_api(fn, req, scope)
+
+        return handler
+
+    return decorate

@@ -1,0 +1,284 @@
+"""The OpenAPI 3.1 document of the service, generated from the pydantic models the handlers use.
+
+``OPERATIONS`` lists every HTTP route with its models; schemas come from ``model_json_schema`` (JSON Schema
+2020-12, OpenAPI 3.1's dialect) with their ``$defs`` moved to ``components/schemas``. ``tests/test_openapi.py``
+checks that every route registered on ``function_app.app`` is listed here with the same methods (and
+nothing else), and that the document validates as OpenAPI 3.1. Served at ``GET /v1/openapi.json``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any, Optional
+
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+
+from shared import schemas as m
+from shared.schemas import ErrorBody, FormRequest, FormResponse
+
+VERSION = "1.0.0"
+REF = "#/components/schemas/{model}"
+
+_ERRORS = {
+    400: "Bad input: invalid JSON, an unknown field, or an invalid value (`field` names it)",
+    401: "No API token, or a token that is not valid or was revoked",
+    403: "The API token lacks the scope this operation needs",
+    404: "Not found",
+    409: "Conflict with the current state (see `error`)",
+    410: "Gone",
+    413: "The body is too large",
+    415: "The body is not application/json",
+    502: "Microsoft refused the request",
+    503: "A dependency is temporarily unavailable; retry after `Retry-After` seconds",
+}
+
+_PATH_PARAMS = {
+    "account": "The account id",
+    "app": "The OAuth app id",
+    "id": "The API token id",
+    "webhook": "The webhook id",
+    "deadletter": "The dead letter id (`<webhook id>.<event id>`)",
+}
+
+
+@dataclass(frozen=True)
+class Operation:
+    method: str
+    path: str
+    operation_id: str
+    summary: str
+    tag: str
+    scope: Optional[str]  # None: no API token
+    response: Optional[type[BaseModel]] = None
+    status: int = 200
+    request: Optional[type[BaseModel]] = None
+    query: Optional[type[BaseModel]] = None
+    errors: tuple[int, ...] = ()
+    description: str = ""
+    error_models: dict[int, type[BaseModel]] = field(default_factory=dict)
+    raw_response: Optional[dict[str, Any]] = None  # for non-JSON answers (hosted pages)
+
+
+OPERATIONS: tuple[Operation, ...] = (
+    Operation("POST", "/v1/authentication/form", "createAuthenticationForm",
+              "Create a hosted sign-in link (EmailEngine's form)", "authentication", "api",
+              FormResponse, request=FormRequest, errors=(400, 413, 415),
+              description="No storage write: the link carries every field, signed, and expires."),
+    Operation("GET", "/v1/accounts", "listAccounts", "List accounts (cursor paging)", "accounts", "api",
+              m.AccountList, query=m.AccountListQuery, errors=(400,),
+              description="A page may hold fewer than `pageSize` accounts while `nextCursor` is set; only "
+                          "`nextCursor: null` ends the listing."),
+    Operation("GET", "/v1/account/{account}", "getAccount", "Read an account", "accounts", "api",
+              m.AccountInfo, errors=(400, 404)),
+    Operation("PUT", "/v1/account/{account}", "updateAccount", "Rename an account", "accounts", "api",
+              m.AccountInfo, request=m.AccountUpdate, errors=(400, 404, 413, 415)),
+    Operation("DELETE", "/v1/account/{account}", "deleteAccount", "Delete an account", "accounts", "api",
+              m.AccountDeleted, errors=(400, 404),
+              description="The stored refresh token is deleted with the last account that uses it."),
+    Operation("POST", "/v1/account/{account}/reauth", "reauthenticateAccount",
+              "Create a sign-in link that re-authorises an account", "accounts", "api", FormResponse,
+              request=m.ReauthRequest, errors=(400, 404, 409, 413, 415),
+              description="The link keeps the account's id, mailbox, app and `delegated`, and hints the "
+                          "current signer (`login_hint`, `domain_hint`). The redirect back carries "
+                          "`state=existing`."),
+    Operation("GET", "/v1/account/{account}/oauth-token", "getAccountOAuthToken",
+              "Get a fresh access token for the mailbox", "accounts", "api", m.OAuthTokenResponse,
+              errors=(400, 404, 409, 502),
+              error_models={409: m.ReauthenticationRequiredBody},
+              description="409 `reauthentication_required`: the user must sign in again "
+                          "(`POST /v1/account/{account}/reauth`); 409 `app_unavailable`: the app was deleted."),
+    Operation("POST", "/v1/oauth2", "createOAuthApp", "Register an OAuth app", "oauth2", "admin",
+              m.OAuthAppInfo, status=201, request=m.OAuthAppCreate, errors=(400, 413, 415)),
+    Operation("GET", "/v1/oauth2", "listOAuthApps", "List OAuth apps", "oauth2", "admin", m.OAuthAppList),
+    Operation("GET", "/v1/oauth2/{app}", "getOAuthApp", "Read an OAuth app", "oauth2", "admin", m.OAuthAppInfo,
+              errors=(400, 404)),
+    Operation("PUT", "/v1/oauth2/{app}", "updateOAuthApp", "Update an OAuth app (partial)", "oauth2", "admin",
+              m.OAuthAppInfo, request=m.OAuthAppUpdate, errors=(400, 404, 413, 415)),
+    Operation("DELETE", "/v1/oauth2/{app}", "deleteOAuthApp", "Delete an unused OAuth app", "oauth2", "admin",
+              m.OAuthAppDeleted, errors=(400, 404, 409),
+              description="409 `app_in_use` while accounts use the app."),
+    Operation("POST", "/v1/tokens", "createApiToken", "Mint an API token (shown once)", "tokens", "admin",
+              m.ApiTokenCreated, status=201, request=m.ApiTokenCreate, errors=(400, 413, 415)),
+    Operation("GET", "/v1/tokens", "listApiTokens", "List API tokens (never the tokens)", "tokens", "admin",
+              m.ApiTokenList),
+    Operation("DELETE", "/v1/tokens/{id}", "revokeApiToken", "Revoke an API token", "tokens", "admin",
+              m.ApiTokenDeleted, errors=(400, 404),
+              description="Refused from the next request on."),
+    Operation("POST", "/v1/webhooks", "createWebhook", "Register a webhook (its secret is shown once)", "webhooks",
+              "admin", m.WebhookCreated, status=201, request=m.WebhookCreate, errors=(400, 413, 415),
+              description="Events are POSTed as JSON (see `webhooks` in this document), signed with "
+                          "`X-MC-Signature: v1=<hex HMAC-SHA256(secret, timestamp + \".\" + body)>` and "
+                          "`X-MC-Timestamp`; `X-MC-Event-Id` is the event id to dedupe on. Undelivered events "
+                          "are retried with exponential backoff for 24 hours, then kept as dead letters."),
+    Operation("GET", "/v1/webhooks", "listWebhooks", "List webhooks (API and settings)", "webhooks", "admin",
+              m.WebhookList),
+    Operation("DELETE", "/v1/webhooks/{webhook}", "deleteWebhook", "Delete a webhook", "webhooks", "admin",
+              m.WebhookDeleted, errors=(404, 409),
+              description="Its undelivered events and dead letters are dropped. 409 `configured_in_settings` for "
+                          "a webhook from `MC_WEBHOOK_URLS`."),
+    Operation("GET", "/v1/webhooks/deadletters", "listDeadLetters", "List events that could not be delivered",
+              "webhooks", "admin", m.DeadLetterList),
+    Operation("POST", "/v1/webhooks/deadletters/{deadletter}/resend", "resendDeadLetter",
+              "Send a dead letter again", "webhooks", "admin", m.DeadLetterResent, status=202, errors=(400, 404, 409),
+              description="Queued at once, with a new 24-hour retry window; same event id and body."),
+    Operation("DELETE", "/v1/webhooks/deadletters/{deadletter}", "discardDeadLetter", "Discard a dead letter",
+              "webhooks", "admin", m.DeadLetterDeleted, errors=(400, 404)),
+    Operation("GET", "/v1/openapi.json", "getOpenApiDocument", "This document", "meta", None,
+              raw_response={"description": "The OpenAPI 3.1 document",
+                            "content": {"application/json": {"schema": {"type": "object"}}}}),
+    Operation("GET", "/accounts/new", "startSignIn", "Hosted: open a sign-in link (browser)", "hosted", None,
+              description="Verifies the link and redirects the browser to Microsoft.",
+              raw_response={"description": "Redirect to Microsoft's sign-in page",
+                            "headers": {"Location": {"schema": {"type": "string"}}}}),
+    Operation("GET", "/oauth", "completeSignIn", "Hosted: Microsoft's redirect back (browser)", "hosted", None,
+              description="Finishes the sign-in and redirects to the app's redirectUrl with "
+                          "`account` and `state=new|existing`, or `error` and `error_description`.",
+              raw_response={"description": "Redirect to the app's redirectUrl",
+                            "headers": {"Location": {"schema": {"type": "string"}}}}),
+)
+
+_HOSTED_QUERY = {
+    "/accounts/new": [("data", "The signed link data"), ("sig", "The link signature")],
+    "/oauth": [("code", "Authorization code"), ("state", "OAuth state"), ("error", "OAuth error"),
+               ("error_description", "OAuth error description")],
+}
+
+
+def _schemas() -> tuple[dict[tuple[type[BaseModel], str], dict[str, Any]], dict[str, Any]]:
+    wanted: list[tuple[type[BaseModel], str]] = [(ErrorBody, "serialization"), (m.WebhookEvent, "serialization")]
+    for op in OPERATIONS:
+        if op.request:
+            wanted.append((op.request, "validation"))
+        if op.query:
+            wanted.append((op.query, "validation"))
+        if op.response:
+            wanted.append((op.response, "serialization"))
+        wanted += [(model, "serialization") for model in op.error_models.values()]
+    refs, top = models_json_schema(list(dict.fromkeys(wanted)), ref_template=REF)
+    return refs, top.get("$defs", {})
+
+
+def _query_parameters(op: Operation, refs: dict, schemas: dict[str, Any]) -> list[dict[str, Any]]:
+    if op.query is not None:
+        name = refs[(op.query, "validation")]["$ref"].rsplit("/", 1)[1]
+        model = schemas.pop(name)  # inlined as parameters; not a body schema
+        required = set(model.get("required", ()))
+        params = []
+        for prop, schema in model["properties"].items():
+            schema = dict(schema)
+            description = schema.pop("description", None)
+            schema.pop("title", None)
+            branches = [b for b in schema.get("anyOf", ()) if b != {"type": "null"}]
+            if "anyOf" in schema and len(branches) == 1:  # Optional[X]: a query parameter is absent, not null
+                schema = {**{k: v for k, v in schema.items() if k not in ("anyOf", "default")}, **branches[0]}
+            param = {"name": prop, "in": "query", "required": prop in required, "schema": schema}
+            if description:
+                param["description"] = description
+            params.append(param)
+        return params
+    return [{"name": n, "in": "query", "required": False, "description": d, "schema": {"type": "string"}}
+            for n, d in _HOSTED_QUERY.get(op.path, [])]
+
+
+def _error(status: int, schema_ref: dict[str, Any]) -> dict[str, Any]:
+    response: dict[str, Any] = {"description": _ERRORS[status],
+                                "content": {"application/json": {"schema": schema_ref}}}
+    if status == 503:
+        response["headers"] = {"Retry-After": {"schema": {"type": "integer"}, "description": "Seconds"}}
+    return response
+
+
+def _webhooks(refs: dict) -> dict[str, Any]:
+    """OpenAPI 3.1 ``webhooks``: what the service POSTs to a registered webhook."""
+    headers = [
+        ("X-MC-Event-Id", "The event id: the same on every retry; dedupe on it"),
+        ("X-MC-Event", "The event type"),
+        ("X-MC-Timestamp", "Unix seconds when this attempt was signed; reject if more than 5 minutes off"),
+        ("X-MC-Signature", "`v1=<hex HMAC-SHA256(secret, X-MC-Timestamp + \".\" + raw body)>`"),
+        ("X-MC-Attempt", "1 for the first attempt"),
+    ]
+    return {"lifecycleEvent": {"post": {
+        "operationId": "lifecycleEvent",
+        "summary": "An account was added, signed in, lost its credential, or was deleted",
+        "description": "Answer 2xx within 10 seconds. Anything else is retried with exponential backoff (10 s "
+                       "doubling up to 1 hour) for 24 hours; then the event is a dead letter "
+                       "(`GET /v1/webhooks/deadletters`). Delivery is at least once: dedupe by `id`.",
+        "parameters": [{"name": n, "in": "header", "required": True, "description": d, "schema": {"type": "string"}}
+                       for n, d in headers],
+        "requestBody": {"required": True, "content": {"application/json": {
+            "schema": refs[(m.WebhookEvent, "serialization")]}}},
+        "responses": {"200": {"description": "Received (any 2xx)"}},
+        "security": [],
+    }}}
+
+
+@lru_cache(maxsize=4)
+def _document(server_url: str) -> dict[str, Any]:
+    refs, schemas = _schemas()
+    error_ref = refs[(ErrorBody, "serialization")]
+    paths: dict[str, dict[str, Any]] = {}
+    for op in OPERATIONS:
+        operation: dict[str, Any] = {"operationId": op.operation_id, "summary": op.summary, "tags": [op.tag]}
+        description = op.description
+        if op.scope:
+            description = (description + "\n\n" if description else "") + f"Needs an API token with scope `{op.scope}`."
+            operation["x-required-scope"] = op.scope
+        else:
+            operation["security"] = []
+        if description:
+            operation["description"] = description
+        parameters = [{"name": name, "in": "path", "required": True, "description": _PATH_PARAMS[name],
+                       "schema": {"type": "string"}} for name in re.findall(r"{(\w+)}", op.path)]
+        parameters += _query_parameters(op, refs, schemas)
+        if parameters:
+            operation["parameters"] = parameters
+        if op.request is not None:
+            operation["requestBody"] = {"required": True, "content": {
+                "application/json": {"schema": refs[(op.request, "validation")]}}}
+        if op.raw_response is not None:
+            success = op.raw_response
+        else:
+            success = {"description": {200: "OK", 201: "Created", 202: "Accepted"}[op.status],
+                       "content": {"application/json": {"schema": refs[(op.response, "serialization")]}}}
+        responses: dict[str, Any] = {str(302 if op.tag == "hosted" else op.status): success}
+        statuses = set(op.errors) | ({401, 403, 503} if op.scope else set())
+        if op.tag == "hosted":
+            responses["400"] = {"description": "A hosted error page", "content": {"text/html": {"schema": {"type": "string"}}}}
+        else:
+            for status in sorted(statuses):
+                ref = refs[(op.error_models[status], "serialization")] if status in op.error_models else error_ref
+                if status in op.error_models:
+                    ref = {"anyOf": [ref, error_ref]}
+                responses[str(status)] = _error(status, ref)
+        operation["responses"] = responses
+        paths.setdefault(op.path, {})[op.method.lower()] = operation
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Mailbox Connect",
+            "version": VERSION,
+            "description": "Hosted authentication for Microsoft 365 mailboxes (own and shared), with "
+                           "EmailEngine's field names. Every `/v1` call needs `Authorization: Bearer <api token>` "
+                           "except this document; errors are `{\"error\", \"message\", \"field\"?}`.",
+        },
+        "servers": [{"url": server_url}],
+        "webhooks": _webhooks(refs),
+        "tags": [{"name": t} for t in dict.fromkeys(op.tag for op in OPERATIONS)],
+        "security": [{"bearerAuth": []}],
+        "paths": paths,
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {"bearerAuth": {
+                "type": "http", "scheme": "bearer",
+                "description": "An API token (`mc_...`) with scope `api` or `admin`, or the one-time admin bootstrap "
+                               "token (`mcb_...`: scope `admin` only, until an admin token exists)"}},
+        },
+    }
+
+
+def openapi_document(server_url: str) -> dict[str, Any]:
+    """The document for a deployment at ``server_url`` (built once per URL and process)."""
+    return _document(server_url.rstrip("/"))

@@ -1,1 +1,0 @@
-"""Protocol-level fakes of the services Mailbox Connect talks to (Microsoft identity, Key Vault)."""
