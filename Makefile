@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 # Infrastructure checkers (checkov, pycep) pin many packages: they live in their own venv.
 IAC_VENV := .venv-iac
 
-.PHONY: run test deps browser clean bench
+.PHONY: run test lint deps browser clean bench
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -35,7 +35,12 @@ browser:
 run: deps
 	$(PY) -m tools.run_local
 
-test: deps browser
+# ruff and mypy (pyproject.toml), then every test: a lint finding fails `make test` like a failing test.
+lint: deps
+	$(PY) -m ruff check .
+	$(PY) -m mypy
+
+test: deps browser lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # Cost benchmark (not part of `make test`): latency, req/s and Table/Key Vault/Microsoft calls per operation,

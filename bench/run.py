@@ -37,10 +37,11 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -218,7 +219,7 @@ class Bench:
         return calls
 
     def counted(self, name: str, prepare: Callable[[int], Any], run: Callable[[Any], None], n: int,
-                between: Optional[Callable[[], None]] = None, per_item: bool = False) -> Result:
+                between: Callable[[], None] | None = None, per_item: bool = False) -> Result:
         """Prepare ``n`` inputs (not measured), then time ``run`` on each, counting the service's calls
         (``per_item``: also each request's own calls, read between requests)."""
         inputs = [prepare(i) for i in range(n)]
@@ -443,7 +444,7 @@ def report(results: list[Result], cold: dict[str, Any], info: dict[str, str], n:
     return "\n".join(lines)
 
 
-def main(argv: Optional[list[str]] = None) -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
     parser.add_argument("--samples", type=int, default=200, help="requests per operation (callbacks: half)")
     parser.add_argument("--repeat", type=int, default=9, help="fresh interpreters per import measurement")

@@ -78,9 +78,8 @@ def main(argv: list[str] | None = None) -> None:
     import shared.settings
 
     shared.settings.LOCAL_SETTINGS_FILE = ROOT / "bench" / "no-local-settings.json"  # environment only
-    from sandbox.fakes.keyvault import FakeCredential
-
     import shared.storage.azure_credential
+    from sandbox.fakes.keyvault import FakeCredential
 
     shared.storage.azure_credential.get_azure_credential = lambda settings: FakeCredential()
     _count_requests()

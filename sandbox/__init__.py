@@ -14,14 +14,14 @@ refuses to start where the Azure Functions / App Service markers say the code ru
 from __future__ import annotations
 
 import os
-from typing import Mapping, Optional
+from collections.abc import Mapping
 
 
 class SandboxRefused(RuntimeError):
     """The sandbox was asked to start where it must not run (in Azure)."""
 
 
-def running_in_azure(environ: Optional[Mapping[str, str]] = None) -> bool:
+def running_in_azure(environ: Mapping[str, str] | None = None) -> bool:
     """True when the Azure App Service / Functions markers are present (the same test as the settings)."""
     from shared.settings import AZURE_MARKERS
 
@@ -29,7 +29,7 @@ def running_in_azure(environ: Optional[Mapping[str, str]] = None) -> bool:
     return any(env.get(name) for name in AZURE_MARKERS)
 
 
-def refuse_in_azure(what: str = "the sandbox", environ: Optional[Mapping[str, str]] = None) -> None:
+def refuse_in_azure(what: str = "the sandbox", environ: Mapping[str, str] | None = None) -> None:
     if running_in_azure(environ):
         raise SandboxRefused(f"{what} is a local development tool and refuses to run in Azure "
                              "(WEBSITE_INSTANCE_ID / WEBSITE_SITE_NAME are set)")

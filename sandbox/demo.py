@@ -25,7 +25,7 @@ import logging
 import threading
 from html import escape
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Optional
+from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
 
 from . import refuse_in_azure
@@ -48,8 +48,8 @@ PAGE_HEADERS = {
 class DemoApp:
     """Serve the demo app on ``127.0.0.1:port`` (0: a free port) in a daemon thread."""
 
-    def __init__(self, *, service_url: str, api_token: str, app_id: Optional[str] = None,
-                 sandbox: Optional[Sandbox] = None, port: int = 0) -> None:
+    def __init__(self, *, service_url: str, api_token: str, app_id: str | None = None,
+                 sandbox: Sandbox | None = None, port: int = 0) -> None:
         refuse_in_azure("the sandbox demo app")
         self.service_url = service_url.rstrip("/")
         self.api_token = api_token
@@ -60,13 +60,13 @@ class DemoApp:
         self.httpd.daemon_threads = True
         self.port = self.httpd.server_address[1]
         self.url = f"http://localhost:{self.port}"
-        self._thread: Optional[threading.Thread] = None
+        self._thread: threading.Thread | None = None
 
     @property
     def redirect_url(self) -> str:
         return f"{self.url}/done"
 
-    def start(self) -> "DemoApp":
+    def start(self) -> DemoApp:
         self._thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05},
                                         daemon=True, name="sandbox-demo")
         self._thread.start()
@@ -79,7 +79,7 @@ class DemoApp:
             self._thread.join(timeout=5)
             self._thread = None
 
-    def __enter__(self) -> "DemoApp":
+    def __enter__(self) -> DemoApp:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -94,7 +94,7 @@ class DemoApp:
         session.headers["Authorization"] = f"Bearer {self.api_token}"
         return session
 
-    def form_body(self, email: Optional[str] = None, delegated: bool = False) -> dict[str, Any]:
+    def form_body(self, email: str | None = None, delegated: bool = False) -> dict[str, Any]:
         body: dict[str, Any] = {"redirectUrl": self.redirect_url}
         if email:
             body["email"] = email
@@ -104,7 +104,7 @@ class DemoApp:
             body["type"] = self.app_id
         return body
 
-    def create_link(self, email: Optional[str] = None, delegated: bool = False) -> tuple[int, Any]:
+    def create_link(self, email: str | None = None, delegated: bool = False) -> tuple[int, Any]:
         with self._http() as http:
             response = http.post(f"{self.service_url}/v1/authentication/form",
                                  json=self.form_body(email, delegated), timeout=30)
@@ -115,7 +115,7 @@ class DemoApp:
             response = http.get(f"{self.service_url}/v1/account/{quote(account, safe='')}/oauth-token", timeout=60)
         return response.status_code, _json_or_text(response)
 
-    def curl_for_link(self, email: Optional[str] = None, delegated: bool = False, token: Optional[str] = None) -> str:
+    def curl_for_link(self, email: str | None = None, delegated: bool = False, token: str | None = None) -> str:
         body = json.dumps(self.form_body(email, delegated))
         return (f"curl -s -X POST {self.service_url}/v1/authentication/form \\\n"
                 f"  -H \"Authorization: Bearer {token or self.api_token}\" -H \"Content-Type: application/json\" \\\n"
@@ -142,16 +142,20 @@ def _layout(title: str, content: str) -> bytes:
 :root{{color-scheme:light dark}}
 body{{font:16px/1.5 system-ui,-apple-system,"Segoe UI",sans-serif;margin:0;background:#f4f1ea;color:#1d1b16}}
 header{{background:#2f4f3a;color:#fff;padding:.6rem 1.25rem}} header strong{{font-size:1.05rem}}
-main{{max-width:46rem;margin:2rem auto;padding:1.5rem 2rem;background:#fff;border-radius:8px;box-shadow:0 1px 4px #0002}}
+main{{max-width:46rem;margin:2rem auto;padding:1.5rem 2rem;background:#fff;border-radius:8px;
+  box-shadow:0 1px 4px #0002}}
 h1{{font-size:1.4rem;margin-top:0}} h2{{font-size:1.1rem;margin-top:1.5rem}}
-dl{{display:grid;grid-template-columns:max-content 1fr;gap:.25rem 1rem}} dt{{font-weight:600}} dd{{margin:0;overflow-wrap:anywhere}}
-pre{{background:#f3f3f3;padding:.75rem;border-radius:4px;overflow:auto;font-size:.85rem;white-space:pre-wrap;word-break:break-all}}
-button{{padding:.5rem 1rem;border:0;border-radius:4px;background:#2f6f4a;color:#fff;font:inherit;cursor:pointer;margin:.25rem .25rem .25rem 0}}
+dl{{display:grid;grid-template-columns:max-content 1fr;gap:.25rem 1rem}} dt{{font-weight:600}}
+dd{{margin:0;overflow-wrap:anywhere}}
+pre{{background:#f3f3f3;padding:.75rem;border-radius:4px;overflow:auto;font-size:.85rem;white-space:pre-wrap;
+  word-break:break-all}}
+button{{padding:.5rem 1rem;border:0;border-radius:4px;background:#2f6f4a;color:#fff;font:inherit;cursor:pointer;
+  margin:.25rem .25rem .25rem 0}}
 button:focus-visible,a:focus-visible{{outline:3px solid #f5a623;outline-offset:2px}}
 .ok{{color:#1d6b35;font-weight:600}} .err{{color:#a31b0b;font-weight:600}}
 table{{border-collapse:collapse}} td,th{{text-align:left;padding:.25rem .75rem .25rem 0;vertical-align:top}}
-@media (prefers-color-scheme:dark){{body{{background:#16181b;color:#e7e4dc}} main{{background:#202328}} pre{{background:#2a2e35}}
-  .ok{{color:#7ad39a}} .err{{color:#ff9c8a}}}}
+@media (prefers-color-scheme:dark){{body{{background:#16181b;color:#e7e4dc}} main{{background:#202328}}
+  pre{{background:#2a2e35}} .ok{{color:#7ad39a}} .err{{color:#ff9c8a}}}}
 </style>
 </head>
 <body>
@@ -245,7 +249,7 @@ class _Handler(BaseHTTPRequestHandler):
         log.debug("%s - " + format, self.address_string(), *args)
 
     def _send(self, status: int, body: bytes, content_type: str = "text/html; charset=utf-8",
-              headers: Optional[dict[str, str]] = None) -> None:
+              headers: dict[str, str] | None = None) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))

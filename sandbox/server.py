@@ -29,7 +29,7 @@ from __future__ import annotations
 import secrets
 import uuid
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any
 
 from . import refuse_in_azure
 from .fakes.identity import FakeIdentity, FakeUser
@@ -53,7 +53,7 @@ class TestUser:
     upn: str
     name: str
     shared_mailboxes: tuple[str, ...] = ()
-    note: Optional[str] = None
+    note: str | None = None
 
     @property
     def oid(self) -> str:
@@ -103,7 +103,7 @@ class Sandbox:
         self.imap = FakeImap(self.identity, table)
 
     # -- lifecycle
-    def start(self) -> "Sandbox":
+    def start(self) -> Sandbox:
         refuse_in_azure()
         self.identity.start()
         for fake in (self.graph, self.imap):
@@ -117,14 +117,14 @@ class Sandbox:
                 fake.stop()
         self.identity.stop()
 
-    def __enter__(self) -> "Sandbox":
+    def __enter__(self) -> Sandbox:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
     # -- wiring the service
-    def service_env(self, environ: Optional[dict[str, str]] = None) -> dict[str, str]:
+    def service_env(self, environ: dict[str, str] | None = None) -> dict[str, str]:
         """Settings that point the service at the sandbox (environment variables win over local settings)."""
         env = {"MC_AUTHORITY_HOST": self.identity.host, "MC_CA_BUNDLE": self.identity.ca_bundle}
         if self.graph is not None and self.imap is not None:
@@ -133,7 +133,7 @@ class Sandbox:
             env["MC_ACCESS_CHECK"] = "off"  # nothing to ask (see the module docstring)
         return env
 
-    def ensure_app(self, settings: "Settings", *, base_scopes: str = "imap") -> "OAuthApp":
+    def ensure_app(self, settings: Settings, *, base_scopes: str = "imap") -> OAuthApp:
         """The sandbox OAuth app in the service's tables: reused when an earlier run registered it (a
         persistent Table Storage), else registered now. The fake learns its client secret either way."""
         from shared.core.apps import client_secret, register_app
@@ -150,7 +150,7 @@ class Sandbox:
                             authority="organizations", base_scopes=base_scopes, settings=settings)
 
     # -- control (for scripts and CI)
-    def sign_in_as(self, upn: Optional[str]) -> None:
+    def sign_in_as(self, upn: str | None) -> None:
         """``upn``: every following sign-in is that user, with no page (CI). None: the sign-in page again."""
         if upn is None:
             self.identity.interactive = True

@@ -7,17 +7,16 @@ URLs. A redirect (``redirectUrl``) and a webhook target (``url``) follow the sam
 absolute http(s), at most 2,048 characters, no whitespace, control characters or backslashes, no
 credentials, a valid port, plain http only for loopback (``localhost``, any ``127.0.0.0/8`` address,
 ``[::1]``), never an IP literal that no app lives at (link-local such as the cloud metadata endpoint
-169.254.169.254, multicast, unspecified, reserved). The one difference is the fragment: a redirect keeps
-it (the browser uses it), a webhook target refuses it (an HTTP client never sends it). Redirects are then
-checked against ``MC_REDIRECT_ALLOWLIST`` when one is configured (no open redirects; the URL is fixed when
-the link is signed, so every later redirect goes where the app itself asked).
+169.254.169.254, multicast, unspecified, reserved). The one difference is the fragment: a redirect may
+carry one (an app's own client-side route), a webhook target refuses it (an HTTP client never sends it).
+Redirects are then checked against ``MC_REDIRECT_ALLOWLIST`` when one is configured (no open redirects; the
+URL is fixed when the link is signed, so every later redirect goes where the app itself asked).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Optional
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from shared.errors import InvalidInput
@@ -44,7 +43,7 @@ def check_account_id(value: str) -> str:
     return value
 
 
-def account_id_param(value: Optional[str]) -> str:
+def account_id_param(value: str | None) -> str:
     """The ``{account}`` route parameter, or a 400 naming the field (``schemas.AccountId`` in bodies)."""
     try:
         return check_account_id(value or "")
@@ -68,7 +67,7 @@ class InvalidUrl(ValueError):
 InvalidRedirect = InvalidUrl
 
 
-def _ip(host: str) -> Optional[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     try:
         return ipaddress.ip_address(host.strip("[]"))
     except ValueError:

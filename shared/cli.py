@@ -10,7 +10,10 @@ import argparse
 import json
 import secrets
 import sys
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import get_args
+
+from shared.clouds import BaseScopes, Cloud
 
 
 def _create_token(args: argparse.Namespace) -> int:
@@ -82,8 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--client-id", required=True)
     p.add_argument("--client-secret", help="the client secret, or '-' (default) to read it from stdin")
     p.add_argument("--authority", default="organizations", help="common | organizations | <tenant id>")
-    p.add_argument("--cloud", default="global", choices=["global", "gcc-high", "dod", "china"])
-    p.add_argument("--base-scopes", default="imap", choices=["imap", "api"])
+    p.add_argument("--cloud", default="global", choices=get_args(Cloud))
+    p.add_argument("--base-scopes", default="imap", choices=get_args(BaseScopes))
     p.add_argument("--extra-scope", action="append", help="an extra scope (repeatable)")
     p.set_defaults(run=_add_app)
 
@@ -96,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)

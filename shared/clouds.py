@@ -7,16 +7,18 @@ endpoints (tests and the sandbox point them at local fakes).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Literal
 
-CloudName = Literal["global", "gcc-high", "dod", "china"]
+Cloud = Literal["global", "gcc-high", "dod", "china"]
+"""A cloud's name: the ``cloud`` of an OAuth app (``shared.schemas`` and the stored row use this one)."""
 BaseScopes = Literal["imap", "api"]
+"""What an app's tokens are for: ``imap`` (IMAP/SMTP XOAUTH2) or ``api`` (Microsoft Graph)."""
 # MSAL adds these itself and raises ValueError if they are passed; they are still part of the consent.
 RESERVED_SCOPES = ("openid", "profile", "offline_access")
 
 
 @dataclass(frozen=True)
-class Cloud:
+class CloudEndpoints:
     authority_host: str
     graph_url: str
     outlook_resource: str
@@ -24,19 +26,19 @@ class Cloud:
     smtp_host: str
 
 
-CLOUDS: dict[str, Cloud] = {
-    "global": Cloud("login.microsoftonline.com", "https://graph.microsoft.com", "https://outlook.office.com",
-                    "outlook.office365.com", "smtp.office365.com"),
-    "gcc-high": Cloud("login.microsoftonline.us", "https://graph.microsoft.us", "https://outlook.office365.us",
-                      "outlook.office365.us", "smtp.office365.us"),
-    "dod": Cloud("login.microsoftonline.us", "https://dod-graph.microsoft.us", "https://outlook.office365.us",
-                 "outlook.office365.us", "smtp.office365.us"),
-    "china": Cloud("login.chinacloudapi.cn", "https://microsoftgraph.chinacloudapi.cn", "https://partner.outlook.cn",
-                   "partner.outlook.cn", "smtp.partner.outlook.cn"),
+CLOUDS: dict[Cloud, CloudEndpoints] = {
+    "global": CloudEndpoints("login.microsoftonline.com", "https://graph.microsoft.com", "https://outlook.office.com",
+                             "outlook.office365.com", "smtp.office365.com"),
+    "gcc-high": CloudEndpoints("login.microsoftonline.us", "https://graph.microsoft.us", "https://outlook.office365.us",
+                               "outlook.office365.us", "smtp.office365.us"),
+    "dod": CloudEndpoints("login.microsoftonline.us", "https://dod-graph.microsoft.us", "https://outlook.office365.us",
+                          "outlook.office365.us", "smtp.office365.us"),
+    "china": CloudEndpoints("login.chinacloudapi.cn", "https://microsoftgraph.chinacloudapi.cn",
+                            "https://partner.outlook.cn", "partner.outlook.cn", "smtp.partner.outlook.cn"),
 }
 
 
-def scopes_for(cloud: CloudName, base: BaseScopes, *, delegated: bool, extra: tuple[str, ...] = ()) -> list[str]:
+def scopes_for(cloud: Cloud, base: BaseScopes, *, delegated: bool, extra: tuple[str, ...] = ()) -> list[str]:
     """Resource scopes to pass to MSAL (without the reserved OIDC ones)."""
     c = CLOUDS[cloud]
     if base == "imap":
@@ -55,5 +57,5 @@ def consent_scopes(scopes: list[str]) -> list[str]:
     return list(scopes) + [s for s in RESERVED_SCOPES if s not in scopes]
 
 
-def authority_host(cloud: CloudName, override: Optional[str]) -> str:
+def authority_host(cloud: Cloud, override: str | None) -> str:
     return override or CLOUDS[cloud].authority_host

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Optional
+import math
+
+DEFAULT_RETRY_AFTER = 5  # seconds, when the failed dependency did not say
 
 
 class ApiError(Exception):
@@ -14,15 +16,17 @@ class ApiError(Exception):
         code: str,
         message: str,
         *,
-        field: Optional[str] = None,
-        headers: Optional[dict[str, str]] = None,
+        field: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
         self.field = field
-        self.headers = headers or {}
+        self.headers = dict(headers or {})
+        if status == 503:  # every 503 says when to come back; Busy sets it, this is the safety net
+            self.headers.setdefault("Retry-After", str(DEFAULT_RETRY_AFTER))
 
     def body(self) -> dict[str, str]:
         body = {"error": self.code, "message": self.message}
@@ -34,14 +38,14 @@ class ApiError(Exception):
 class InvalidInput(ApiError):
     """400: the request broke a rule; ``field`` names the offending field when there is one."""
 
-    def __init__(self, message: str, *, field: Optional[str] = None, code: str = "invalid_input") -> None:
+    def __init__(self, message: str, *, field: str | None = None, code: str = "invalid_input") -> None:
         super().__init__(400, code, message, field=field)
 
 
 class Unauthorized(ApiError):
     """401: no API token, or one that is not valid."""
 
-    def __init__(self, message: str, *, headers: Optional[dict[str, str]] = None) -> None:
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
         super().__init__(401, "unauthorized", message, headers=headers)
 
 
@@ -66,21 +70,54 @@ class Conflict(ApiError):
         super().__init__(409, code, message)
 
 
+class PayloadTooLarge(ApiError):
+    """413: the request body is larger than the service accepts."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(413, "payload_too_large", message)
+
+
+class UnsupportedMediaType(ApiError):
+    """415: the request body is not in a format the route accepts."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(415, "unsupported_media_type", message)
+
+
+class Internal(ApiError):
+    """500: an unexpected failure; the message is generic on purpose (details go to the log, never the client)."""
+
+    def __init__(self, message: str = "an internal error occurred") -> None:
+        super().__init__(500, "internal_error", message)
+
+
+class BadGateway(ApiError):
+    """502: an upstream service (Microsoft) refused a request for a reason retrying will not fix."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(502, code, message)
+
+
 class Busy(ApiError):
     """503 with ``Retry-After``: nothing changed; the same request may succeed after the wait."""
 
-    def __init__(self, message: str, *, retry_after: Optional[int] = None) -> None:
-        seconds = str(max(1, int(retry_after or 5)))
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        wait = DEFAULT_RETRY_AFTER if retry_after is None else retry_after
+        seconds = str(max(1, math.ceil(wait)))  # whole seconds (RFC 9110), never 0: "retry at once" invites a storm
         super().__init__(503, "unavailable", message, headers={"Retry-After": seconds})
 
 
-def unavailable(what: str, retry_after: Optional[int] = None) -> Busy:
+def unavailable(what: str, retry_after: float | None = None) -> Busy:
     """A transient dependency failure: 503 with Retry-After, nothing changed."""
     return Busy(f"{what} is temporarily unavailable; retry later", retry_after=retry_after)
 
 
 def is_transient(exc: BaseException) -> bool:
-    """Network failures and 5xx/429 answers from Azure SDK clients (without importing the SDK)."""
+    """A failure worth retrying later: one the storage layer already classified as transient
+    (``shared.storage.errors.StorageUnavailable``, marked ``transient``), or network failures and 5xx/429
+    answers from Azure SDK clients that did not go through it (without importing the SDK)."""
+    if getattr(type(exc), "transient", False) is True:
+        return True
     names = {cls.__name__ for cls in type(exc).__mro__}
     if names & {"ServiceRequestError", "ServiceResponseError", "ConnectionError", "TimeoutError"}:
         return True

@@ -1,6 +1,8 @@
 """Wire models: what the API and the form accept and answer, the error body, and what a signed link carries.
 
-Layer: above ``checks`` (the value rules these models apply); imports nothing else from ``shared``.
+Layer: above ``checks`` (the value rules these models apply) and ``clouds`` (``Cloud`` and ``BaseScopes`` are
+defined there, with the endpoints they select); imports nothing else from ``shared``. Each enumeration is one
+``Literal``, defined once: the row models of ``shared.storage`` and the functions taking such values use it too.
 Requests forbid unknown fields (400 ``unknown_field``). Responses are what handlers serialise (with
 ``exclude_none``); the OpenAPI document (``shared.web.openapi``) is generated from these same models, so the
 two cannot drift apart.
@@ -10,21 +12,22 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Annotated, Any, Literal, Optional, Union
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from shared.checks import check_account_id, check_email, check_webhook_url
+from shared.clouds import BaseScopes, Cloud
 
 AccountId = Annotated[str, AfterValidator(check_account_id)]
 """An account id in a body (``checks.account_id_param`` is the same rule for route parameters)."""
 
 AccountState = Literal["connected", "authenticationError"]
-Cloud = Literal["global", "gcc-high", "dod", "china"]
-BaseScopes = Literal["imap", "api"]
 TokenScope = Literal["api", "admin"]
+Provider = Literal["outlook"]  # only Microsoft 365 / Outlook
+MaskedSecret = Literal["******"]
 
-MASKED_SECRET = "******"
+MASKED_SECRET: Final[MaskedSecret] = "******"
 MAX_PAGE_SIZE = 250
 DEFAULT_PAGE_SIZE = 20
 
@@ -44,26 +47,26 @@ class FormRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
 
-    account: Optional[AccountId] = Field(None, description="Account id; omitted or null: derived from the mailbox")
-    name: Optional[str] = Field(None, max_length=256)
-    email: Optional[str] = Field(None, description="Mailbox address; required for a delegated (shared) mailbox")
+    account: AccountId | None = Field(None, description="Account id; omitted or null: derived from the mailbox")
+    name: str | None = Field(None, max_length=256)
+    email: str | None = Field(None, description="Mailbox address; required for a delegated (shared) mailbox")
     delegated: bool = Field(False, description="The mailbox is a shared mailbox opened by the signer")
     redirectUrl: str = Field(..., max_length=2048)
-    type: Optional[str] = Field(None, max_length=64, description="OAuth app id; optional with one enabled app")
-    expectedEmail: Optional[str] = None
-    syncFrom: Optional[str] = Field(None, max_length=64)
-    notifyFrom: Optional[str] = Field(None, max_length=64)
-    subconnections: Optional[list[str]] = Field(None, max_length=50)
-    path: Optional[Union[str, list[str]]] = None
-    expiresIn: Optional[int] = Field(None, gt=0, description="Link lifetime in seconds (capped by the service)")
+    type: str | None = Field(None, max_length=64, description="OAuth app id; optional with one enabled app")
+    expectedEmail: str | None = None
+    syncFrom: str | None = Field(None, max_length=64)
+    notifyFrom: str | None = Field(None, max_length=64)
+    subconnections: list[str] | None = Field(None, max_length=50)
+    path: str | list[str] | None = None
+    expiresIn: int | None = Field(None, gt=0, description="Link lifetime in seconds (capped by the service)")
 
     @field_validator("email", "expectedEmail")
     @classmethod
-    def _email(cls, value: Optional[str]) -> Optional[str]:
+    def _email(cls, value: str | None) -> str | None:
         return None if value is None else check_email(value)
 
     @model_validator(mode="after")
-    def _delegated_needs_email(self) -> "FormRequest":
+    def _delegated_needs_email(self) -> FormRequest:
         if self.delegated and not self.email:
             raise ValueError("email (the shared mailbox address) is required when delegated is true")
         return self
@@ -79,16 +82,16 @@ class LinkData(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    account: Optional[str] = None
-    name: Optional[str] = None
-    email: Optional[str] = None
+    account: str | None = None
+    name: str | None = None
+    email: str | None = None
     delegated: bool = False
     redirectUrl: str
     type: str
-    expectedEmail: Optional[str] = None
+    expectedEmail: str | None = None
     meta: dict[str, Any] = Field(default_factory=dict)  # syncFrom, notifyFrom, subconnections, path
-    loginHint: Optional[str] = None  # set only by re-authentication links; never a shared mailbox
-    domainHint: Optional[str] = None
+    loginHint: str | None = None  # set only by re-authentication links; never a shared mailbox
+    domainHint: str | None = None
     nonce: str
     iat: int
     exp: int
@@ -97,7 +100,7 @@ class LinkData(BaseModel):
 class ErrorBody(BaseModel):
     error: str
     message: str
-    field: Optional[str] = None
+    field: str | None = None
 
 
 # --- the management API ------------------------------------------------------------------------------
@@ -111,10 +114,14 @@ class _Request(_Model):
     model_config = ConfigDict(extra="forbid")
 
 
-def _no_blank(value: Optional[str]) -> Optional[str]:
-    if value is not None and not value.strip():
+def _not_blank(value: str) -> str:
+    if not value.strip():
         raise ValueError("must not be blank")
     return value
+
+
+def _api_scope_only() -> list[TokenScope]:
+    return ["api"]
 
 
 # --- API tokens ---------------------------------------------------------------------------------------
@@ -122,14 +129,14 @@ def _no_blank(value: Optional[str]) -> Optional[str]:
 class ApiTokenCreate(_Request):
     name: str = Field(..., min_length=1, max_length=128, description="A label, e.g. the app that uses the token")
     scopes: list[TokenScope] = Field(
-        default_factory=lambda: ["api"], min_length=1, max_length=2,
+        default_factory=_api_scope_only, min_length=1, max_length=2,
         description="`api`: forms, accounts, token hand-off. `admin`: OAuth apps and API tokens.",
     )
 
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
-        return _no_blank(value)
+        return _not_blank(value)
 
 
 class ApiTokenInfo(_Model):
@@ -159,33 +166,33 @@ class _AppFields(_Request):
 
     @field_validator("name", check_fields=False)
     @classmethod
-    def _name(cls, value: Optional[str]) -> Optional[str]:
-        return _no_blank(value)
+    def _name(cls, value: str | None) -> str | None:
+        return None if value is None else _not_blank(value)
 
     @field_validator("clientSecret", check_fields=False)
     @classmethod
-    def _secret(cls, value: Optional[str]) -> Optional[str]:
+    def _secret(cls, value: str | None) -> str | None:
         if value is not None and (value.strip() != value or not value):
             raise ValueError("must not be empty or start or end with whitespace")
         return value
 
     @field_validator("authority", check_fields=False)
     @classmethod
-    def _authority(cls, value: Optional[str]) -> Optional[str]:
+    def _authority(cls, value: str | None) -> str | None:
         if value is not None and (len(value) > 253 or not re.match(AUTHORITY_PATTERN, value)):
             raise ValueError("must be common, organizations, consumers, a tenant id (GUID) or a tenant domain")
         return value
 
     @field_validator("clientId", check_fields=False)
     @classmethod
-    def _client_id(cls, value: Optional[str]) -> Optional[str]:
+    def _client_id(cls, value: str | None) -> str | None:
         if value is not None and not re.match(CLIENT_ID_PATTERN, value):
             raise ValueError("must be the application (client) id: letters, digits, '.', '_' or '-'")
         return value
 
     @field_validator("extraScopes", check_fields=False)
     @classmethod
-    def _scopes(cls, value: Optional[list[str]]) -> Optional[list[str]]:
+    def _scopes(cls, value: list[str] | None) -> list[str] | None:
         if value is None:
             return value
         for scope in value:
@@ -195,9 +202,10 @@ class _AppFields(_Request):
 
 
 class OAuthAppCreate(_AppFields):
-    provider: Literal["outlook"] = Field("outlook", description="Only Microsoft 365 / Outlook")
+    provider: Provider = Field("outlook", description="Only Microsoft 365 / Outlook")
     name: str = Field(..., min_length=1, max_length=256)
-    clientId: str = Field(..., json_schema_extra={"pattern": CLIENT_ID_PATTERN}, description="The Entra application (client) id")
+    clientId: str = Field(..., json_schema_extra={"pattern": CLIENT_ID_PATTERN},
+                          description="The Entra application (client) id")
     clientSecret: str = Field(..., max_length=1024, description="Kept in the secret store; never returned")
     authority: str = Field("organizations", json_schema_extra={"pattern": AUTHORITY_PATTERN, "maxLength": 253},
                            description="`common`, `organizations`, `consumers`, a tenant id or a tenant domain")
@@ -225,7 +233,7 @@ def _partial(**kwargs) -> Any:
 class OAuthAppUpdate(_AppFields):
     """Partial update: fields left out keep their value; ``null`` is refused (400) for every field."""
 
-    provider: Literal["outlook"] = _partial()
+    provider: Provider = _partial()
     name: str = _partial(min_length=1, max_length=256)
     clientId: str = _partial(json_schema_extra={"pattern": CLIENT_ID_PATTERN})
     clientSecret: str = _partial(max_length=1024, description="Rotates the client secret")
@@ -238,10 +246,10 @@ class OAuthAppUpdate(_AppFields):
 
 class OAuthAppInfo(_Model):
     id: str = Field(..., description="Use it as `type` in `POST /v1/authentication/form`")
-    provider: Literal["outlook"] = "outlook"
+    provider: Provider = "outlook"
     name: str
     clientId: str
-    clientSecret: Literal["******"] = Field(MASKED_SECRET, description="Always masked")
+    clientSecret: MaskedSecret = Field(MASKED_SECRET, description="Always masked")
     authority: str
     cloud: Cloud
     baseScopes: BaseScopes
@@ -267,52 +275,52 @@ class AccountListQuery(_Request):
     """Query parameters of ``GET /v1/accounts``."""
 
     pageSize: int = Field(DEFAULT_PAGE_SIZE, ge=1, le=MAX_PAGE_SIZE)
-    cursor: Optional[str] = Field(None, max_length=4096, description="`nextCursor` of the previous page")
-    state: Optional[AccountState] = None
-    email: Optional[str] = Field(None, description="The mailbox address (exact, case-insensitive)")
+    cursor: str | None = Field(None, max_length=4096, description="`nextCursor` of the previous page")
+    state: AccountState | None = None
+    email: str | None = Field(None, description="The mailbox address (exact, case-insensitive)")
 
     @field_validator("email")
     @classmethod
-    def _email(cls, value: Optional[str]) -> Optional[str]:
+    def _email(cls, value: str | None) -> str | None:
         return None if value is None else check_email(value)
 
 
-class Signer(_Model):
+class SignerInfo(_Model):  # who signed in for the account (``shared.signing.Signer`` is the HMAC signer)
     upn: str = Field(..., description="The Microsoft user who signed in (for a shared mailbox: the delegate)")
     tenant: str = Field(..., description="The signer's tenant id (`tid`)")
-    name: Optional[str] = None
+    name: str | None = None
 
 
 class AccountError(_Model):
     code: str
-    description: Optional[str] = None
-    at: Optional[datetime] = None
+    description: str | None = None
+    at: datetime | None = None
 
 
 class AccountInfo(_Model):
     account: str
-    name: Optional[str] = None
+    name: str | None = None
     email: str = Field(..., description="The mailbox: the signer's own or a shared mailbox")
     delegated: bool = Field(..., description="A shared mailbox opened with the signer's credential")
-    signer: Signer
+    signer: SignerInfo
     app: str = Field(..., description="The OAuth app id (`type`)")
     state: AccountState
-    lastError: Optional[AccountError] = Field(None, description="Present when state is authenticationError")
-    syncFrom: Optional[str] = None
-    notifyFrom: Optional[str] = None
-    subconnections: Optional[list[str]] = None
-    path: Optional[str | list[str]] = None
+    lastError: AccountError | None = Field(None, description="Present when state is authenticationError")
+    syncFrom: str | None = None
+    notifyFrom: str | None = None
+    subconnections: list[str] | None = None
+    path: str | list[str] | None = None
     created: datetime
     updated: datetime
 
 
 class AccountList(_Model):
     accounts: list[AccountInfo]
-    nextCursor: Optional[str] = Field(..., description="Pass as `cursor` for the next page; null on the last")
+    nextCursor: str | None = Field(..., description="Pass as `cursor` for the next page; null on the last")
 
 
 class AccountUpdate(_Request):
-    name: Optional[str] = Field(..., max_length=256, description="The display name; null clears it")
+    name: str | None = Field(..., max_length=256, description="The display name; null clears it")
 
 
 class AccountDeleted(_Model):
@@ -322,7 +330,7 @@ class AccountDeleted(_Model):
 
 class ReauthRequest(_Request):
     redirectUrl: str = Field(..., max_length=2048, description="Where the browser returns after the sign-in")
-    expiresIn: Optional[int] = Field(None, gt=0, description="Link lifetime in seconds (capped by the service)")
+    expiresIn: int | None = Field(None, gt=0, description="Link lifetime in seconds (capped by the service)")
 
 
 # --- token hand-off (GET /v1/account/{account}/oauth-token; implemented in shared/handoff/tokens.py) ---------------
@@ -360,7 +368,7 @@ class OAuthTokenResponse(_Model):
     expires: str = Field(..., json_schema_extra={"format": "date-time"}, description="ISO 8601 UTC expiry")
     scopes: list[str]
     registeredScopes: list[str] = Field(..., description="EmailEngine's name for the same scopes")
-    provider: Literal["outlook"] = "outlook"
+    provider: Provider = "outlook"
     tokenType: Literal["Bearer"] = "Bearer"
     delegated: bool
     imap: ImapSettings
@@ -382,6 +390,7 @@ class ReauthenticationRequiredBody(_Model):
 # --- webhooks (scope ``admin``; implemented in shared/webhooks/dispatcher.py) ----------------------------------------
 
 EventType = Literal["accountAdded", "authenticationSuccess", "authenticationError", "accountDeleted"]
+WebhookSource = Literal["api", "settings"]  # settings: from MC_WEBHOOK_URLS
 WEBHOOK_ID_PATTERN = r"^[a-z0-9]{1,40}$"
 DEAD_LETTER_ID_PATTERN = r"^[a-z0-9]{1,40}\.[0-9a-f]{28}$"
 
@@ -391,7 +400,7 @@ class WebhookCreate(_Request):
                      description="https URL that receives the events (plain http only for localhost)")
     events: list[EventType] = Field(default_factory=list, max_length=4,
                                     description="The events to send; empty or left out: every event")
-    description: Optional[str] = Field(None, max_length=256)
+    description: str | None = Field(None, max_length=256)
 
     @field_validator("url")
     @classmethod
@@ -408,9 +417,9 @@ class WebhookInfo(_Model):
     id: str
     url: str
     events: list[EventType] = Field(..., description="Empty: every event")
-    description: Optional[str] = None
-    source: Literal["api", "settings"] = Field(..., description="`settings`: from MC_WEBHOOK_URLS (read-only)")
-    created: Optional[datetime] = None
+    description: str | None = None
+    source: WebhookSource = Field(..., description="`settings`: from MC_WEBHOOK_URLS (read-only)")
+    created: datetime | None = None
 
 
 class WebhookCreated(WebhookInfo):
@@ -434,10 +443,10 @@ class DeadLetter(_Model):
     account: str
     attempts: int
     created: datetime = Field(..., description="When the event was handed to this webhook")
-    lastAttemptAt: Optional[datetime] = None
-    lastStatus: Optional[int] = Field(None, description="The receiver's last HTTP status; absent: not reached")
-    lastError: Optional[str] = None
-    deadAt: Optional[datetime] = None
+    lastAttemptAt: datetime | None = None
+    lastStatus: int | None = Field(None, description="The receiver's last HTTP status; absent: not reached")
+    lastError: str | None = None
+    deadAt: datetime | None = None
 
 
 class DeadLetterList(_Model):

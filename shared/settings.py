@@ -12,7 +12,7 @@ import json
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -32,37 +32,37 @@ class Settings(BaseModel):
     model_config = ConfigDict(frozen=True, populate_by_name=True, extra="ignore")
 
     public_url: str = Field("http://localhost:7071", alias="MC_PUBLIC_URL")
-    tables_connection_string: Optional[str] = Field(None, alias="MC_TABLES_CONNECTION_STRING")
-    tables_endpoint: Optional[str] = Field(None, alias="MC_TABLES_ENDPOINT")
+    tables_connection_string: str | None = Field(None, alias="MC_TABLES_CONNECTION_STRING")
+    tables_endpoint: str | None = Field(None, alias="MC_TABLES_ENDPOINT")
     table_prefix: str = Field("", alias="MC_TABLE_PREFIX", pattern=r"^[A-Za-z]?[A-Za-z0-9]{0,20}$")
-    key_vault_url: Optional[str] = Field(None, alias="MC_KEY_VAULT_URL")
-    local_secret_key: Optional[str] = Field(None, alias="MC_LOCAL_SECRET_KEY")
-    signing_key: Optional[str] = Field(None, alias="MC_SIGNING_KEY")
+    key_vault_url: str | None = Field(None, alias="MC_KEY_VAULT_URL")
+    local_secret_key: str | None = Field(None, alias="MC_LOCAL_SECRET_KEY")
+    signing_key: str | None = Field(None, alias="MC_SIGNING_KEY")
     redirect_allowlist: str = Field("", alias="MC_REDIRECT_ALLOWLIST")
     link_ttl_seconds: int = Field(24 * 3600, alias="MC_LINK_TTL_SECONDS", gt=0)
     link_max_ttl_seconds: int = Field(7 * 24 * 3600, alias="MC_LINK_MAX_TTL_SECONDS", gt=0)
     flow_ttl_seconds: int = Field(15 * 60, alias="MC_FLOW_TTL_SECONDS", gt=0)
-    authority_host: Optional[str] = Field(None, alias="MC_AUTHORITY_HOST")
-    graph_url: Optional[str] = Field(None, alias="MC_GRAPH_URL")
-    ca_bundle: Optional[str] = Field(None, alias="MC_CA_BUNDLE")
+    authority_host: str | None = Field(None, alias="MC_AUTHORITY_HOST")
+    graph_url: str | None = Field(None, alias="MC_GRAPH_URL")
+    ca_bundle: str | None = Field(None, alias="MC_CA_BUNDLE")
     # Mailbox access check at sign-in (shared/microsoft/access_check.py): on (default) | off | strict.
     access_check: Literal["on", "off", "strict"] = Field("on", alias="MC_ACCESS_CHECK")
     # Tests and sandbox only: the IMAP server the access check logs in to, host[:port] (default port 993).
-    imap_host: Optional[str] = Field(None, alias="MC_IMAP_HOST",
+    imap_host: str | None = Field(None, alias="MC_IMAP_HOST",
                                      pattern=r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:\d{1,5})?$")
     # Webhooks (shared/webhooks/): targets from settings, besides those registered through /v1/webhooks.
     webhook_urls: str = Field("", alias="MC_WEBHOOK_URLS")
     # Local only: the signing secret of the MC_WEBHOOK_URLS targets (in Azure: Key Vault mc-webhook-secret).
-    webhook_secret: Optional[str] = Field(None, alias="MC_WEBHOOK_SECRET")
+    webhook_secret: str | None = Field(None, alias="MC_WEBHOOK_SECRET")
     # redirectUrl of the re-authentication link in authenticationError webhooks (empty: the account's last
     # sign-in redirectUrl).
-    reauth_redirect_url: Optional[str] = Field(None, alias="MC_REAUTH_REDIRECT_URL")
+    reauth_redirect_url: str | None = Field(None, alias="MC_REAUTH_REDIRECT_URL")
     # Credential keep-alive (shared/handoff/keepalive.py): refresh refresh tokens written more than this many days
     # ago (Microsoft's window is 90 days of inactivity), at most this many credentials per hourly run.
     keepalive_days: int = Field(30, alias="MC_KEEPALIVE_DAYS", ge=1, le=80)
     keepalive_max_per_run: int = Field(50, alias="MC_KEEPALIVE_MAX_PER_RUN", ge=0, le=10_000)
     # Client id of the user-assigned managed identity (set by the Bicep template).
-    azure_client_id: Optional[str] = Field(None, alias="AZURE_CLIENT_ID")
+    azure_client_id: str | None = Field(None, alias="AZURE_CLIENT_ID")
     in_azure: bool = False
 
     @field_validator("access_check", mode="before")
@@ -97,7 +97,7 @@ class Settings(BaseModel):
         return f"{self.table_prefix}{base}"
 
 
-def read_local_settings(path: Optional[Path] = None) -> dict[str, str]:
+def read_local_settings(path: Path | None = None) -> dict[str, str]:
     """The ``Values`` of local.settings.json, or nothing when the file is absent."""
     path = path or LOCAL_SETTINGS_FILE
     try:
@@ -110,10 +110,10 @@ def read_local_settings(path: Optional[Path] = None) -> dict[str, str]:
     return {str(k): str(v) for k, v in values.items() if v is not None}
 
 
-def load_settings(environ: Optional[dict[str, str]] = None) -> Settings:
+def load_settings(environ: dict[str, str] | None = None) -> Settings:
     env = dict(os.environ if environ is None else environ)
     merged = {**read_local_settings(), **env}
-    values = {k: v for k, v in merged.items() if v != ""}
+    values: dict[str, object] = {k: v for k, v in merged.items() if v != ""}
     values["in_azure"] = any(env.get(name) for name in AZURE_MARKERS)
     return Settings.model_validate(values)
 

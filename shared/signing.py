@@ -39,5 +39,6 @@ class Signer:
 
     def verify(self, value: str, signature: str) -> None:
         expected = self.signature(value)
-        if not isinstance(signature, str) or not hmac.compare_digest(expected.encode(), signature.encode("utf-8", "replace")):
+        given = signature.encode("utf-8", "replace") if isinstance(signature, str) else None
+        if given is None or not hmac.compare_digest(expected.encode(), given):
             raise BadSignature("signature does not match")

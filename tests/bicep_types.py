@@ -23,10 +23,11 @@ from __future__ import annotations
 import difflib
 import json
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from tests.test_infra import _body
 
@@ -49,7 +50,7 @@ Type = dict[str, Any]
 # ---------------------------------------------------------------------------------------------------
 
 
-@lru_cache(maxsize=None)
+@cache
 def _load(path: Path) -> tuple[Type, ...]:
     """One types.json, read once per process (the network provider's is over 1 MB)."""
     return tuple(json.loads(path.read_text()))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import os
 import secrets
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 
@@ -54,9 +54,9 @@ def env(monkeypatch: pytest.MonkeyPatch, azurite: Azurite, table_prefix: str, tm
 
 
 def _reset() -> None:
+    from shared.handoff.tokens import reset_token_cache
     from shared.microsoft.identity import _http_cache
     from shared.storage.secrets.factory import reset_secret_store
-    from shared.handoff.tokens import reset_token_cache
 
     get_settings.cache_clear()
     reset_clients()

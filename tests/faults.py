@@ -40,9 +40,10 @@ import struct
 import subprocess
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import pytest
@@ -63,8 +64,8 @@ class Rule:
     path: str  # regex, searched in the unquoted path (without the query)
     fault: str
     skip: int = 0  # matching requests let through before the first fault
-    times: Optional[int] = None  # faults to apply; None: until cleared
-    body: Optional[str] = None  # regex the body must contain too (tells the $batch of one table from another's)
+    times: int | None = None  # faults to apply; None: until cleared
+    body: str | None = None  # regex the body must contain too (tells the $batch of one table from another's)
     matched: int = 0
     applied: int = 0
 
@@ -107,13 +108,13 @@ class FaultProxy:
         self._server = _Server(("127.0.0.1", 0), _Handler)
         self._server.proxy = self
         self.port = self._server.server_address[1]
-        self._thread: Optional[threading.Thread] = None
+        self._thread: threading.Thread | None = None
 
     @property
     def connection_string(self) -> str:
         return connection_string(self.port)
 
-    def start(self) -> "FaultProxy":
+    def start(self) -> FaultProxy:
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.01},
                                         daemon=True, name="fault-proxy")
         self._thread.start()
@@ -128,8 +129,8 @@ class FaultProxy:
 
     # -- test controls --------------------------------------------------------------------------------
 
-    def arm(self, method: str, path: str, fault: str, *, skip: int = 0, times: Optional[int] = None,
-            body: Optional[str] = None) -> Rule:
+    def arm(self, method: str, path: str, fault: str, *, skip: int = 0, times: int | None = None,
+            body: str | None = None) -> Rule:
         rule = Rule(method, path, fault, skip=skip, times=times, body=body)
         with self.lock:
             self.rules.append(rule)
@@ -145,7 +146,7 @@ class FaultProxy:
 
     # -- request handling (proxy threads) --------------------------------------------------------------
 
-    def decide(self, method: str, path: str, body: bytes) -> tuple[Optional[str], threading.Event]:
+    def decide(self, method: str, path: str, body: bytes) -> tuple[str | None, threading.Event]:
         with self.lock:
             fault = "down" if self.down else None
             if fault is None:
@@ -230,7 +231,7 @@ class _Handler(socketserver.BaseRequestHandler):
             upstream.close()
 
 
-def _read_request(reader: Any) -> Optional[tuple[str, str, list[tuple[str, str]], bytes]]:
+def _read_request(reader: Any) -> tuple[str, str, list[tuple[str, str]], bytes] | None:
     line = reader.readline(65537)
     if not line:
         return None
@@ -324,16 +325,15 @@ def fast_clients(monkeypatch: pytest.MonkeyPatch, timeouts: Timeouts = Timeouts(
     """Shorten the clients' timeouts and back-offs; keep their retry counts (the behaviour under test).
 
     None of these has a setting (``MC_*``): the Table client's ``connection_timeout=5, read_timeout=15`` and
-    the SDK's default back-off (``shared/storage/tables/client.py``), MSAL's ``timeout=15`` (``shared/microsoft/identity.py``;
-    MSAL ignores it, see ``test_calls_to_microsoft_carry_a_timeout``: the cap here is the only timeout),
+    the SDK's default back-off (``shared/storage/tables/client.py``), MSAL's ``timeout=15``
+    (``shared/microsoft/identity.py``; MSAL ignores it, see ``test_calls_to_microsoft_carry_a_timeout``: the cap
+    here is the only timeout),
     the Key Vault store's ``read_timeout``/``max_wait`` (``shared/storage/secrets/keyvault.py``, not passed by the
     factory) and ``access_check.TIMEOUT_SECONDS``. So they are patched here.
     """
     import azure.data.tables as tables_sdk
 
-    from shared.microsoft import access_check
-
-    from shared.microsoft import identity
+    from shared.microsoft import access_check, identity
     from shared.storage.secrets.keyvault import KeyVaultSecretStore
 
     original = tables_sdk.TableServiceClient
@@ -418,8 +418,8 @@ class ConnectionFault:
 
     def __init__(self, obj: Any, name: str, server: Any, when: Callable[..., bool] = lambda *a: True) -> None:
         self.obj, self.name, self.server, self.when = obj, name, server, when
-        self.fault: Optional[str] = None
-        self.times: Optional[int] = None
+        self.fault: str | None = None
+        self.times: int | None = None
         self.applied = 0
         self._lock = threading.Lock()
         self._release = threading.Event()
@@ -428,7 +428,7 @@ class ConnectionFault:
         self._quiet.__enter__()
         setattr(obj, name, self._wrapped)
 
-    def arm(self, fault: str, times: Optional[int] = None) -> None:
+    def arm(self, fault: str, times: int | None = None) -> None:
         if fault not in ("reset", "timeout"):
             raise ValueError(fault)
         with self._lock:
@@ -445,7 +445,7 @@ class ConnectionFault:
         setattr(self.obj, self.name, self._original)
         self._quiet.__exit__(None, None, None)
 
-    def _take(self, args: tuple) -> tuple[Optional[str], threading.Event]:
+    def _take(self, args: tuple) -> tuple[str | None, threading.Event]:
         with self._lock:
             if self.fault is None or not self.when(*args) or (self.times is not None and self.applied >= self.times):
                 return None, self._release
@@ -471,13 +471,13 @@ class DiskAzurite:
 
     location: Path
     port: int
-    server: Optional[Azurite] = field(default=None)
+    server: Azurite | None = field(default=None)
 
     @property
     def connection_string(self) -> str:
         return connection_string(self.port)
 
-    def start(self) -> "DiskAzurite":
+    def start(self) -> DiskAzurite:
         binary = ROOT / "node_modules" / ".bin" / "azurite-table"
         proc = subprocess.Popen(
             [str(binary), "--location", str(self.location), "--disableTelemetry", "--skipApiVersionCheck",

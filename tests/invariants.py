@@ -1,5 +1,5 @@
-"""Checks of DESIGN.md's invariants 1-5 over what is stored, shared by ``tests/test_races.py`` (real concurrency)
-and ``tests/test_faults.py`` (injected failures), plus the sign-in helpers both drive.
+"""Checks of ../shared/DESIGN.md's invariants 1-5 over what is stored, shared by ``tests/test_races.py``
+(real concurrency) and ``tests/test_faults.py`` (injected failures), plus the sign-in helpers both drive.
 
 The account row is the truth (invariant 4). An account is **whole** when its credential row, its
 (credential, account) index row and the credential's secret exist; then its token hand-off answers 200.
@@ -21,13 +21,12 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
+from shared.handoff.tokens import reset_token_cache
 from shared.storage.secrets.base import SecretNotFound
-
 from shared.storage.secrets.factory import get_secret_store
 from shared.storage.tables.client import table
-from shared.handoff.tokens import reset_token_cache
 from tests.service import APP_REDIRECT, Browser, query
 
 SECRET_PREFIX = "rt-"  # shared.signin.flow.credential_secret_name
@@ -208,8 +207,8 @@ def problems(found: Survey, *, dead_claims_allowed: bool = False) -> list[str]:
 def refresh_tokens_in_tables(identity, prefix: str) -> list[str]:
     """Invariant 5: where an issued refresh token (or a 24-character slice of it) appears in any row of the
     test's tables (the local store's ``secrets`` table holds only ciphertext)."""
-    from shared.storage.tables.client import _service
     from shared.settings import get_settings
+    from shared.storage.tables.client import _service
 
     with identity._lock:
         slices = [token[3:27] for token in identity._refresh_tokens]
@@ -224,7 +223,7 @@ def refresh_tokens_in_tables(identity, prefix: str) -> list[str]:
     return hits
 
 
-def whole_and_working(service, account: str) -> Optional[str]:
+def whole_and_working(service, account: str) -> str | None:
     """None when the account's hand-off answers 200 (after dropping cached access tokens), else why not."""
     reset_token_cache()
     answer = service.api("GET", f"/v1/account/{account}/oauth-token")

@@ -1,4 +1,4 @@
-"""A pytest plugin that proves, over the whole test run, that no secret leaves the service (DESIGN.md
+"""A pytest plugin that proves, over the whole test run, that no secret leaves the service (../shared/DESIGN.md
 invariant 5: refresh tokens live only in the secret store; "API tokens are shown once").
 
 Registered from ``tests/conftest.py`` (``pytest_plugins``), so every ``make test`` run is checked.
@@ -41,8 +41,9 @@ import logging
 import os
 import re
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Optional
+from typing import Any
 
 import pytest
 
@@ -270,9 +271,9 @@ def install(check: LeakCheck) -> None:
     so ``from shared.storage.tables.apitokens import create_token`` in a test gets the recording version."""
     import shared.storage.tables.apitokens as apitokens
     import tools.localhost as localhost
+    from sandbox.fakes.identity import FakeIdentity
     from shared.storage.secrets.keyvault import KeyVaultSecretStore
     from shared.storage.secrets.local import LocalSecretStore
-    from sandbox.fakes.identity import FakeIdentity
 
     _wrap(apitokens, "create_token", lambda result, *a, **k: check.add_secret(result[0], API_TOKEN))
 
@@ -290,7 +291,7 @@ def _env_secrets(check: LeakCheck) -> None:
         check.add_secret(os.environ.get(name), kind)
 
 
-_check: Optional[LeakCheck] = None
+_check: LeakCheck | None = None
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -320,7 +321,7 @@ def pytest_runtest_call(item: pytest.Item):
 
 
 @pytest.hookimpl(wrapper=True)
-def pytest_runtest_protocol(item: pytest.Item, nextitem: Optional[pytest.Item]):
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):
     result = yield
     item.config.stash[_KEY].finish_test(item.nodeid)
     return result

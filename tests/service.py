@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import requests
@@ -69,7 +69,7 @@ class Service:
     client_secret: str
 
     @classmethod
-    def create(cls, url: str, identity: Any, base_scopes: str = "imap") -> "Service":
+    def create(cls, url: str, identity: Any, base_scopes: str = "imap") -> Service:
         client_id, client_secret = secrets.token_hex(8), secrets.token_urlsafe(24)
         identity.add_client(client_id, client_secret, [f"{url}/oauth"])
         app = register_app(name="test", client_id=client_id, client_secret_value=client_secret,
@@ -77,7 +77,7 @@ class Service:
         token, _ = create_token("tests", ("api", "admin"))
         return cls(url, identity, token, app, client_secret)
 
-    def api(self, method: str, path: str, *, token: Optional[str] = None, **kwargs: Any) -> requests.Response:
+    def api(self, method: str, path: str, *, token: str | None = None, **kwargs: Any) -> requests.Response:
         headers = kwargs.pop("headers", {})
         if token is not False:
             headers.setdefault("Authorization", f"Bearer {token or self.token}")
@@ -92,7 +92,7 @@ class Service:
         assert response.status_code == 200, response.text
         return response.json()["url"]
 
-    def sign_in(self, link: str, user: Any = None, browser: Optional[Browser] = None) -> "SignIn":
+    def sign_in(self, link: str, user: Any = None, browser: Browser | None = None) -> SignIn:
         """Follow link -> Microsoft -> /oauth in one browser; stop at the redirect back to the app."""
         browser = browser or session()
         if user is not None:
@@ -112,8 +112,8 @@ class Service:
 @dataclass
 class SignIn:
     start: requests.Response
-    callback_url: Optional[str]
-    done: Optional[requests.Response]
+    callback_url: str | None
+    done: requests.Response | None
 
     @property
     def final(self) -> requests.Response:

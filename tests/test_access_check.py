@@ -8,9 +8,9 @@ import logging
 import pytest
 
 from shared.microsoft import access_check
-from shared.storage.secrets.factory import get_secret_store
 from shared.settings import load_settings
 from shared.signin.flow import credential_id
+from shared.storage.secrets.factory import get_secret_store
 from shared.storage.tables import accounts, principals
 from shared.storage.tables.accounts import AUTH_ERROR, CONNECTED
 from shared.storage.tables.client import table

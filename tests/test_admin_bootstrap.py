@@ -238,7 +238,8 @@ def test_a_malformed_secret_is_refused_and_logged_without_its_value(fresh, reque
         clock.advance(bootstrap.CACHE_SECONDS)
         caplog.clear()
         assert_refused(fresh, token)
-        warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "malformed" in r.getMessage()]
+        warnings = [r.getMessage() for r in caplog.records
+                    if r.levelname == "WARNING" and "malformed" in r.getMessage()]
         assert len(warnings) == 1, value
         assert digest not in warnings[0] and token not in warnings[0]
     store.set(bootstrap.SECRET_NAME, f"v1:{expiry}:{digest}")

@@ -48,7 +48,9 @@ def test_importing_function_app_loads_no_heavy_package():
 def test_importing_function_app_loads_only_the_blueprints_of_our_package():
     modules, _ = fresh("import function_app")
     blueprints = {f"shared.web.blueprints.{p.stem}" for p in BLUEPRINTS.glob("*.py") if p.stem != "__init__"}
-    assert {m for m in modules if loaded({m}, "shared")} == {"shared", "shared.web", "shared.web.api", "shared.web.blueprints", *blueprints}
+    assert {m for m in modules if loaded({m}, "shared")} == {
+        "shared", "shared.web", "shared.web.api", "shared.web.blueprints", *blueprints,
+    }
 
 
 def test_indexing_binds_every_function_without_importing_a_handler_dependency():
@@ -82,6 +84,6 @@ def test_a_token_hand_off_imports_no_other_area():
         result="[response.status_code, json.loads(response.get_body())['field']]")
     assert answer == [400, "account"]
     assert "shared.handoff.tokens" in modules
-    others = ("shared.web.openapi", "shared.webhooks.dispatcher", "shared.admin.forms", "shared.signin.flow", "shared.signin.pages",
-              "shared.admin.accounts", "shared.admin.apps", "shared.admin.apitokens")
+    others = ("shared.web.openapi", "shared.webhooks.dispatcher", "shared.admin.forms", "shared.signin.flow",
+              "shared.signin.pages", "shared.admin.accounts", "shared.admin.apps", "shared.admin.apitokens")
     assert [m for m in others if m in modules] == []

@@ -8,8 +8,9 @@ caches errors), so a MSAL upgrade that changes it fails here first.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Iterator
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import jwt
@@ -112,7 +113,7 @@ def test_unknown_tenant_is_rejected_and_msal_raises(fake: FakeIdentity) -> None:
 
 def test_discovery_failure_injection(fake: FakeIdentity) -> None:
     fake.fail_next("discovery", "temporarily_unavailable", status=503)
-    with pytest.raises(Exception):
+    with pytest.raises(msal.exceptions.MsalServiceError, match="503"):  # a 5xx is transient: not ValueError
         make_app(fake)
     make_app(fake)  # the next one works
 

@@ -17,7 +17,8 @@ For each (step, fault) the test asserts:
 (a) the answer: the browser goes back to the app with ``error=temporarily_unavailable`` (a hosted 503 page only
     where the app is not known yet: the flow row itself could not be read); the API answers 503 with
     ``Retry-After``; never a 500. A fault the SDK absorbs, or one that hits after the commit point (the
-    account row; DESIGN.md invariant 4), ends like a normal sign-in: the account exists, so the app must get it;
+    account row; ../shared/DESIGN.md invariant 4), ends like a normal sign-in: the account exists, so the app must
+    get it;
 (b) what is stored right after the failure: no account row unless the commit happened, no link nonce left
     claimed without an account (it would refuse the link for good), no consumed flow row left unless its
     delete was the failing call. The secret, credential row and index row written before a failed commit are
@@ -43,19 +44,19 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Optional
+from typing import Any
 
 import pytest
 
+from shared.handoff.tokens import reset_token_cache
 from shared.microsoft.identity import refresh
-from shared.signin.pages import PAGES
-from shared.storage.secrets.factory import get_secret_store
 from shared.settings import get_settings
 from shared.signin.flow import derived_account_id
+from shared.signin.pages import PAGES
+from shared.storage.secrets.factory import get_secret_store
 from shared.storage.tables import accounts, principals
 from shared.storage.tables.client import table
 from shared.storage.tables.records import utcnow
-from shared.handoff.tokens import reset_token_cache
 from tests.faults import BATCH, ConnectionFault, DiskAzurite, FaultProxy, collection, entity, fast_clients
 from tests.invariants import back_at_app, prepare, problems, refresh_tokens_in_tables, survey, whole_and_working
 from tests.service import APP_REDIRECT, Browser, Service, query
@@ -160,7 +161,7 @@ def proxy(azurite):
 def service_env(request):
     """Tables through the fault proxy (or straight to the test's own Azurite); Key Vault when asked for."""
     target = request.getfixturevalue("disk_azurite" if "disk_azurite" in request.fixturenames else "proxy")
-    values: dict[str, Optional[str]] = {"MC_TABLES_CONNECTION_STRING": target.connection_string,
+    values: dict[str, str | None] = {"MC_TABLES_CONNECTION_STRING": target.connection_string,
                                         "MC_ACCESS_CHECK": "off"}
     if "keyvault" in request.fixturenames:
         values.update(MC_KEY_VAULT_URL=request.getfixturevalue("keyvault").url, MC_LOCAL_SECRET_KEY=None)
@@ -173,7 +174,7 @@ def service_env(request):
 class Fault:
     name: str
     kind: str  # 503 | 500 | 429 | reset | timeout | down
-    times: Optional[int] = None  # None: until cleared
+    times: int | None = None  # None: until cleared
 
     @property
     def blip(self) -> bool:
@@ -185,7 +186,7 @@ class Step:
     name: str
     method: str
     path: str
-    body: Optional[str] = None
+    body: str | None = None
     skip: int = 0
 
 
@@ -212,7 +213,7 @@ class TableFault:
 class VaultFault:
     def __init__(self, vault: Any, method: str, fault: Fault) -> None:
         self.vault, self.method, self.fault = vault, method, fault
-        self.conn: Optional[ConnectionFault] = None
+        self.conn: ConnectionFault | None = None
         self.start = 0
 
     def _ours(self) -> list[tuple[str, str]]:
@@ -251,7 +252,7 @@ class MicrosoftFault:
 
     def __init__(self, identity: Any, grant: str, fault: Fault) -> None:
         self.identity, self.grant, self.fault = identity, grant, fault
-        self.conn: Optional[ConnectionFault] = None
+        self.conn: ConnectionFault | None = None
         self.start = 0
 
     def arm(self) -> None:
@@ -322,7 +323,7 @@ def new_user(identity) -> Any:
 
 
 def sign_in_with_fault(service, identity, injector, *, phase: str, keyvault: Any = None,
-                       user: Any = None, link_body: Optional[dict] = None, committed: bool = False) -> Deviations:
+                       user: Any = None, link_body: dict | None = None, committed: bool = False) -> Deviations:
     """One sign-in whose callback meets ``injector``'s fault, then the same link again; see the module docstring.
 
     ``phase``: ``flow`` (the app is not known yet), ``before`` or ``after`` the commit point. ``committed``:
@@ -354,6 +355,8 @@ def sign_in_with_fault(service, identity, injector, *, phase: str, keyvault: Any
     elif phase == "flow":
         if (where, got.get("status"), got.get("kind")) != ("page", 503, "unavailable"):
             devs.add("wrong-answer", f"expected the hosted 'unavailable' page, got {where} {got}")
+        elif not response.headers.get("Retry-After", "").isdigit() or int(response.headers["Retry-After"]) < 1:
+            devs.add("no-retry-after", repr(response.headers.get("Retry-After")))
     elif where == "page" and got["status"] == 503:
         devs.add("hosted-page", f"hosted page {got['kind']} instead of redirectUrl?error=temporarily_unavailable")
     elif where != "app" or got.get("error") != "temporarily_unavailable" or "state" in got:
@@ -400,7 +403,7 @@ def prepare_and_finish(service, link: str, user) -> Any:
 
 
 def final_checks(devs: Deviations, service, identity, keyvault: Any, *, dead_link: bool = False,
-                 expected_accounts: Optional[set[str]] = None) -> None:
+                 expected_accounts: set[str] | None = None) -> None:
     found = survey(keyvault)
     for line in problems(found, dead_claims_allowed=dead_link):
         devs.add("orphan", line)
@@ -434,7 +437,8 @@ def token_request_with_fault(service, identity, injector, *, rotation: bool, key
 
     if response.status_code == 500:
         devs.add("500", response.text[:200])
-    if injector.absorbed() or rotation:  # a failed rotation write is logged; the request succeeds (shared/handoff/tokens.py)
+    # A failed rotation write is logged; the request succeeds (shared/handoff/tokens.py).
+    if injector.absorbed() or rotation:
         if response.status_code != 200:
             devs.add("blip-not-absorbed" if injector.absorbed() else "wrong-answer",
                      f"{response.status_code} {response.text[:200]}")
@@ -665,7 +669,8 @@ def test_lost_commit_answer_does_not_let_the_link_make_a_second_account(service,
 def test_calls_to_microsoft_carry_a_timeout(service, identity, monkeypatch):
     """A Microsoft endpoint that accepts the connection and never answers must not hold a sign-in or a token
     request forever. MSAL applies its ``timeout`` only to a session it builds itself, so the service's session
-    (``shared.microsoft.outbound``) carries a default timeout; observed here where every request leaves: the transport."""
+    (``shared.microsoft.outbound``) carries a default timeout; observed here where every request leaves: the
+    transport."""
     import requests.adapters
 
     seen: list[Any] = []
@@ -708,12 +713,14 @@ def test_azurite_stopped_mid_sign_in_and_started_again(disk_azurite, service, id
 
     callback = pending.browser.get(pending.callback, allow_redirects=False, timeout=30)
     assert answer_of(callback) == ("page", {"status": 503, "kind": "unavailable"}), callback.text[:300]
+    assert int(callback.headers["Retry-After"]) >= 1, callback.headers
     form = service.form()
     assert form.status_code == 503 and int(form.headers["Retry-After"]) >= 1, (form.status_code, form.text)
     token = service.api("GET", "/v1/account/nobody/oauth-token")
-    assert token.status_code == 503, (token.status_code, token.text)
+    assert token.status_code == 503 and int(token.headers["Retry-After"]) >= 1, (token.status_code, token.text)
     start = Browser().get(link, allow_redirects=False, timeout=30)
     assert answer_of(start) == ("page", {"status": 503, "kind": "unavailable"}), start.text[:300]
+    assert int(start.headers["Retry-After"]) >= 1, start.headers
 
     disk_azurite.start()
     account = derived_account_id(user.tid, user.email)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -26,10 +26,11 @@ def test_form_returns_a_signed_expiring_link(service):
     assert body["url"].startswith(service.url + "/accounts/new?")
     params = query(body["url"])
     link = linkcodec.decode(params["data"], params["sig"], get_settings())
-    assert (link.account, link.email, link.delegated, link.type) == ("acc-1", "support@contoso.com", True, service.app.id)
+    assert (link.account, link.email, link.delegated, link.type) == (
+        "acc-1", "support@contoso.com", True, service.app.id)
     assert link.meta == {"syncFrom": "2024-01-01T00:00:00Z", "subconnections": ["Sent Items"], "path": "INBOX"}
     expires = datetime.fromisoformat(body["expires"].replace("Z", "+00:00"))
-    assert expires == datetime.fromtimestamp(link.exp, timezone.utc)
+    assert expires == datetime.fromtimestamp(link.exp, UTC)
     assert link.exp - link.iat == get_settings().link_ttl_seconds
     assert stored_rows() == 0  # creating a link writes nothing
 

@@ -123,26 +123,32 @@ def fuzz(operations, seeded: dict[str, str], modes, checks, examples: int, *, an
     ``anonymous``: send no ``Authorization`` header at all."""
     failures: dict[str, BaseException] = {}
     statuses: dict[str, Counter] = {}
+
+    def fuzz_one(operation, mode) -> None:
+        """One operation in one mode; its own scope, so the test below closes over these arguments."""
+
+        @fuzz_settings(examples)
+        @given(case=strategy(operation, mode, seeded))
+        def run(case):
+            if isinstance(case.query, dict):
+                # The Functions host drops query parameters with an empty value (``?cursor=``) before the
+                # function sees them (tools/localhost.py does the same): send what the service can see.
+                case.query = {k: v for k, v in case.query.items() if v not in ("", None, [])}
+            if anonymous and case.headers:
+                case.headers = {k: v for k, v in case.headers.items() if k.lower() != "authorization"}
+            response = case.call_and_validate(checks=checks, timeout=30)
+            statuses.setdefault(operation.label, Counter())[response.status_code] += 1
+            if extra is not None:
+                extra(case, response)
+
+        try:
+            run()
+        except (Exception, BaseExceptionGroup) as exc:  # noqa: BLE001 - report all operations together
+            failures[f"{operation.label} ({mode.value})"] = exc
+
     for operation in operations:
         for mode in modes:
-            @fuzz_settings(examples)
-            @given(case=strategy(operation, mode, seeded))
-            def run(case):
-                if isinstance(case.query, dict):
-                    # The Functions host drops query parameters with an empty value (``?cursor=``) before the
-                    # function sees them (tools/localhost.py does the same): send what the service can see.
-                    case.query = {k: v for k, v in case.query.items() if v not in ("", None, [])}
-                if anonymous and case.headers:
-                    case.headers = {k: v for k, v in case.headers.items() if k.lower() != "authorization"}
-                response = case.call_and_validate(checks=checks, timeout=30)
-                statuses.setdefault(operation.label, Counter())[response.status_code] += 1
-                if extra is not None:
-                    extra(case, response)
-
-            try:
-                run()
-            except (Exception, BaseExceptionGroup) as exc:  # noqa: BLE001 - report all operations together
-                failures[f"{operation.label} ({mode.value})"] = exc
+            fuzz_one(operation, mode)
     for label, counts in statuses.items():  # shown with -s: which answers the fuzzing reached
         print(f"{label}: {dict(sorted(counts.items()))}")
     return failures

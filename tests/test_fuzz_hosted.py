@@ -28,7 +28,7 @@ import http.client
 import json
 import os
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 from urllib.parse import parse_qs, quote, quote_plus, urlsplit
 
 import pytest
@@ -46,8 +46,8 @@ SCALE = float(os.environ.get("MC_FUZZ_SCALE", "1"))  # e.g. 10 for a long run
 
 
 def fuzz(examples: int) -> settings:
-    return settings(max_examples=max(1, int(examples * SCALE)), deadline=None, database=None, suppress_health_check=list(HealthCheck),
-                    phases=[Phase.explicit, Phase.generate])
+    return settings(max_examples=max(1, int(examples * SCALE)), deadline=None, database=None,
+                    suppress_health_check=list(HealthCheck), phases=[Phase.explicit, Phase.generate])
 
 
 # --- values ---------------------------------------------------------------------------------------------
@@ -88,7 +88,7 @@ def tampered_data(data: str) -> st.SearchStrategy[str]:
     return build()
 
 
-def mostly(genuine: str, *others: st.SearchStrategy[Optional[str]]) -> st.SearchStrategy[Optional[str]]:
+def mostly(genuine: str, *others: st.SearchStrategy[str | None]) -> st.SearchStrategy[str | None]:
     """The genuine value about half the time, else one of ``others``."""
     return st.one_of(st.booleans().map(lambda _: genuine), st.one_of(*others))
 
@@ -140,8 +140,8 @@ PRESERVING = ("quote", "plus", "raw", "double", "latin1")  # leave base64url and
 
 
 @st.composite
-def query_string(draw, values: dict[str, st.SearchStrategy[Optional[str]]], extras: dict[str, Any],
-                 genuine: Optional[dict[str, str]] = None) -> str:
+def query_string(draw, values: dict[str, st.SearchStrategy[str | None]], extras: dict[str, Any],
+                 genuine: dict[str, str] | None = None) -> str:
     """``name=value`` pairs: each parameter once (or dropped), maybe duplicated under a name variant, maybe
     extra parameters; shuffled; each pair with its own encoding.
 
@@ -182,11 +182,11 @@ class Answer:
     body: bytes
 
     @property
-    def location(self) -> Optional[str]:
+    def location(self) -> str | None:
         return self.headers.get("Location")
 
 
-def get(service, target: str, cookie: Optional[str] = None) -> Answer:
+def get(service, target: str, cookie: str | None = None) -> Answer:
     parts = urlsplit(service.url)
     conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
     try:
@@ -294,7 +294,7 @@ def start_flow(service) -> Flow:
 
 
 @st.composite
-def cookies(draw, flow: Flow, other: Flow) -> Optional[str]:
+def cookies(draw, flow: Flow, other: Flow) -> str | None:
     name, _, value = flow.cookie.partition("=")
     choice = draw(st.sampled_from(["genuine", "with_others", "after_other", "none", "changed", "shadowed", "other",
                                    "garbage", "duplicate"]))
@@ -317,7 +317,7 @@ def cookies(draw, flow: Flow, other: Flow) -> Optional[str]:
     return f"{flow.cookie}; {name}=other"
 
 
-def cookie_intact(cookie: Optional[str], flow: Flow) -> bool:
+def cookie_intact(cookie: str | None, flow: Flow) -> bool:
     """Whether the service's lenient parser (first occurrence wins) sees the genuine binding."""
     from shared.web.blueprints.hosted import parse_cookies
 
@@ -388,7 +388,7 @@ def test_oauth_without_a_flow(service):
                          "state": st.one_of(st.text(B64URL, min_size=8, max_size=130), st.text(), st.none())},
                         {"error": st.text(max_size=20), "error_description": st.text(max_size=40)}),
            st.one_of(st.none(), st.text(max_size=60)))
-    def check(query: str, cookie: Optional[str]) -> None:
+    def check(query: str, cookie: str | None) -> None:
         answer = get(service, f"/oauth?{query}", cookie)
         assert answer.status in (0, 400, 414), (answer.status, query[:300])
         assert answer.location is None

@@ -20,7 +20,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -325,7 +324,8 @@ def decided_copy(tmp_path: Path, *, private: bool) -> Path:
     shutil.copytree(BICEP_DIR, copy, ignore=shutil.ignore_patterns(".checkov.yaml"))
     for path in copy.rglob("*.bicep"):
         text = SWITCH.sub(lambda m: m.group(1 if private else 2), path.read_text())
-        text = text.replace("param privateNetworking bool = false", f"param privateNetworking bool = {str(private).lower()}")
+        text = text.replace("param privateNetworking bool = false",
+                            f"param privateNetworking bool = {str(private).lower()}")
         path.write_text(text)
     return copy
 
@@ -336,9 +336,11 @@ def test_the_network_switch_can_be_decided():
             code = line.split("//", 1)[0]
             if "privateNetworking" not in code:
                 continue
-            assert (SWITCH.search(code) or "if (privateNetworking)" in code or re.search(r"param privateNetworking bool( = false)?$", code.strip())
-                    or re.fullmatch(r"\s*privateNetworking: privateNetworking", code)
-                    or "string(privateNetworking)" in code), f"{path.name}: a use of privateNetworking decided_copy() cannot decide: {line.strip()}"
+            decidable = (SWITCH.search(code) or "if (privateNetworking)" in code
+                         or re.search(r"param privateNetworking bool( = false)?$", code.strip())
+                         or re.fullmatch(r"\s*privateNetworking: privateNetworking", code)
+                         or "string(privateNetworking)" in code)
+            assert decidable, f"{path.name}: a use of privateNetworking decided_copy() cannot decide: {line.strip()}"
 
 
 def test_checkov_passes_with_the_documented_skips(record_property, tmp_path):
@@ -498,7 +500,8 @@ def test_app_settings_are_identity_based_and_hold_no_secret(bicep):
     assert "Authorization=AAD" in settings["APPLICATIONINSIGHTS_AUTHENTICATION_STRING"]
     for name, value in settings.items():
         text = json.dumps(value)
-        assert not re.search(r"(?i)list_?keys|list_?secrets|accountkey|sharedaccesssignature|secret|password", text), name
+        assert not re.search(r"(?i)list_?keys|list_?secrets|accountkey|sharedaccesssignature|secret|password",
+                             text), name
 
 
 def test_tables_are_the_tables_the_code_uses(bicep):
@@ -603,7 +606,8 @@ def test_outputs_name_the_service_and_hold_no_secret(bicep):
     for tree in bicep.values():
         for name, output in tree.get("outputs", {}).items():
             text = json.dumps(output)
-            assert not re.search(r"(?i)connectionstring|instrumentationkey|list_?keys|list_?secrets|secret|password", text), name
+            assert not re.search(r"(?i)connectionstring|instrumentationkey|list_?keys|list_?secrets|secret|password",
+                                 text), name
             assert not re.search(r"(?i)(secret|password|connection|_key$)", name), name
 
 

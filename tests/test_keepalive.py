@@ -6,20 +6,17 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-import pytest
-
-from tests.service import connect
-
 from shared.handoff.keepalive import run_keepalive
-from shared.storage.secrets.base import SecretStoreUnavailable
-from shared.storage.secrets.factory import get_secret_store
+from shared.handoff.tokens import reset_token_cache
 from shared.settings import get_settings
 from shared.signin.flow import credential_id
+from shared.storage.secrets.base import SecretStoreUnavailable
+from shared.storage.secrets.factory import get_secret_store
 from shared.storage.tables import accounts, principals
 from shared.storage.tables.accounts import AUTH_ERROR, CONNECTED
 from shared.storage.tables.client import table
 from shared.storage.tables.records import utcnow
-from shared.handoff.tokens import reset_token_cache
+from tests.service import connect
 
 
 def cred(service, user) -> str:
@@ -47,7 +44,8 @@ def test_old_credentials_are_refreshed_and_fresh_ones_left_alone(service, identi
     backdate(old, 31)
     backdate(fresh, 29)  # inside MC_KEEPALIVE_DAYS (30)
     store = get_secret_store()
-    before = {c: (store.get(principals.get_credential(c).secretName), principals.get_credential(c)) for c in (old, fresh)}
+    before = {c: (store.get(principals.get_credential(c).secretName), principals.get_credential(c))
+              for c in (old, fresh)}
     calls = refreshes(identity)
 
     report = run_keepalive(get_settings())
@@ -60,7 +58,8 @@ def test_old_credentials_are_refreshed_and_fresh_ones_left_alone(service, identi
     assert store.get(untouched.secretName) == before[fresh][0] and untouched.etag == before[fresh][1].etag
     # The new token works for the hand-off, and a second run has nothing to do.
     reset_token_cache()
-    assert service.api("GET", f"/v1/account/{accounts.get_account(fresh_account).account}/oauth-token").status_code == 200
+    account_id = accounts.get_account(fresh_account).account
+    assert service.api("GET", f"/v1/account/{account_id}/oauth-token").status_code == 200
     assert run_keepalive(get_settings()).refreshed == []
 
 

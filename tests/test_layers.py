@@ -91,7 +91,8 @@ def test_imports_follow_the_layers():
     found = violations()
     assert not found, "imports against the layer rule (leaves < checks < schemas < storage, microsoft < core < " \
                       "signin, handoff, webhooks < admin < web, cli):\n" + \
-                      "\n".join(f"  {where}: {a} ({layer(a)}) imports {b} ({layer(b)})" for (a, b), where in found.items())
+                      "\n".join(f"  {where}: {a} ({layer(a)}) imports {b} ({layer(b)})"
+                                for (a, b), where in found.items())
 
 
 def test_only_web_imports_azure_functions():

@@ -4,9 +4,9 @@ import time
 
 import pytest
 
+from shared.checks import InvalidRedirect, validate_redirect_url, with_query
 from shared.core import links as linkcodec
 from shared.schemas import FormRequest, LinkData
-from shared.checks import InvalidRedirect, validate_redirect_url, with_query
 from shared.settings import get_settings
 from shared.signing import b64url_decode, b64url_encode
 

@@ -13,6 +13,7 @@ import sys
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC
 from pathlib import Path
 
 import pytest
@@ -233,12 +234,12 @@ def test_timers_run_on_their_schedule_when_asked():
     ("0 0,30 8-9 * * *", "2025-01-01T08:30:00", "2025-01-01T09:00:00"),
 ])
 def test_ncrontab_schedules(expression, after, expected):
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from tools.localhost import Schedule
 
-    start = datetime.fromisoformat(after).replace(tzinfo=timezone.utc)
-    assert Schedule(expression).next_after(start) == datetime.fromisoformat(expected).replace(tzinfo=timezone.utc)
+    start = datetime.fromisoformat(after).replace(tzinfo=UTC)
+    assert Schedule(expression).next_after(start) == datetime.fromisoformat(expected).replace(tzinfo=UTC)
 
 
 @pytest.mark.parametrize("expression", ["* * * * *", "60 * * * * *", "0 0 0 31 2 *", "*/0 * * * * *", "x * * * * *"])

@@ -9,12 +9,12 @@ from datetime import timedelta
 import pytest
 
 from shared.core import apps as oauth_apps
+from shared.signin.flow import credential_id, credential_secret_name
 from shared.storage.secrets.base import SecretNotFound
 from shared.storage.secrets.factory import get_secret_store
-from shared.signin.flow import credential_id, credential_secret_name
 from shared.storage.tables import accounts, principals
 from shared.storage.tables.accounts import AUTH_ERROR, Account
-from shared.storage.tables.apitokens import create_token, hash_token
+from shared.storage.tables.apitokens import SCOPES, create_token, hash_token
 from shared.storage.tables.client import table
 from shared.storage.tables.records import utcnow
 from tests.service import APP_REDIRECT, query
@@ -56,37 +56,85 @@ def write_account(service, account_id: str, email: str, *, state: str = "connect
     return row
 
 
-# --- authentication and scopes ---------------------------------------------------------------------------
+# --- authentication and scopes: every operation of the served OpenAPI document ---------------------------
 
-ENDPOINTS = [
-    ("GET", "/v1/accounts", "api"),
-    ("GET", "/v1/account/acct", "api"),
-    ("PUT", "/v1/account/acct", "api"),
-    ("DELETE", "/v1/account/acct", "api"),
-    ("POST", "/v1/account/acct/reauth", "api"),
-    ("POST", "/v1/oauth2", "admin"),
-    ("GET", "/v1/oauth2", "admin"),
-    ("GET", "/v1/oauth2/abc", "admin"),
-    ("PUT", "/v1/oauth2/abc", "admin"),
-    ("DELETE", "/v1/oauth2/abc", "admin"),
-    ("POST", "/v1/tokens", "admin"),
-    ("GET", "/v1/tokens", "admin"),
-    ("DELETE", "/v1/tokens/abc", "admin"),
-]
+# Sample values of path parameters: syntactically valid ids of things that do not exist, so a request that
+# passes authentication ends in a 404 (or a 400) and changes nothing. A parameter not listed here gets
+# FALLBACK_ID: an operation added with a new parameter is still covered.
+PATH_SAMPLES = {"account": "scope-matrix-account", "app": "0123456789abcdef", "id": "0123456789abcdef",
+                "webhook": "wh0123456789abcdef", "deadletter": "wh0123456789abcdef.00000000000000000000000000000000"}
+FALLBACK_ID = "scope-matrix-sample"
 
 
-def test_every_endpoint_needs_a_token_with_the_right_scope(service):
-    api_only, _ = create_token("api only", ("api",))
-    admin_only, _ = create_token("admin only", ("admin",))
-    for method, path, scope in ENDPOINTS:
-        missing = service.api(method, path, token=False, json={})
-        assert error_of(missing, 401, "unauthorized")
-        assert missing.headers["WWW-Authenticate"].startswith("Bearer")
-        error_of(service.api(method, path, token="mc_not-a-token", json={}), 401, "unauthorized")
-        error_of(service.api(method, path, headers={"Authorization": "Basic abc"}, json={}), 401)
-        wrong = admin_only if scope == "api" else api_only
-        body = error_of(service.api(method, path, token=wrong, json={}), 403, "forbidden")
-        assert scope in body["message"]
+def operations(document: dict) -> list[tuple[str, str, dict, str | None]]:
+    """(METHOD, concrete path, operation, required scope or None) for every operation of the document.
+
+    An operation is token-protected when its effective security requirement (its own ``security``, else
+    the document's) names a scheme; it then must say which scope it needs (``x-required-scope``)."""
+    found = []
+    for template, item in document["paths"].items():
+        for method, op in item.items():
+            security = op.get("security", document.get("security", []))
+            protected = any(requirement for requirement in security)
+            scope = op.get("x-required-scope")
+            assert protected == (scope is not None), (method, template, security, scope)
+            for requirement in security:
+                assert set(requirement) <= set(document["components"]["securitySchemes"]), (method, template)
+            path = template
+            for name in {p["name"] for p in op.get("parameters", ()) if p["in"] == "path"}:
+                path = path.replace("{" + name + "}", PATH_SAMPLES.get(name, FALLBACK_ID))
+            assert "{" not in path, f"{method} {template}: a path parameter is not declared"
+            found.append((method.upper(), path, op, scope))
+    return found
+
+
+def test_every_operation_needs_a_token_with_the_scope_it_documents(service):
+    """Driven by the served OpenAPI document, so a new operation is covered without touching this test:
+    without a token (or with a bad one) 401, with a token lacking the documented scope 403 naming it, with
+    a token of exactly that scope an answer past authentication that the document lists. Operations
+    documented as public answer without a token. (``test_openapi`` checks that every registered route is in
+    the document, so every route is covered.)"""
+    document = service.api("GET", "/v1/openapi.json", token=False).json()
+    ops = operations(document)
+    protected = [op for op in ops if op[3] is not None]
+    assert len(protected) >= 20 and {op[3] for op in protected} == set(SCOPES), "the document lost operations"
+    only = {scope: create_token(f"only {scope}", (scope,))[0] for scope in SCOPES}
+    all_but = {scope: create_token(f"all but {scope}", tuple(s for s in SCOPES if s != scope))[0]
+               for scope in SCOPES}
+
+    failures = []
+
+    def expect(ok: bool, method: str, path: str, what: str, response) -> None:
+        if not ok:
+            failures.append(f"{method} {path}: {what}: got {response.status_code} {response.text[:200]}")
+
+    for method, path, op, scope in ops:
+        body = {"json": {}} if method in ("POST", "PUT", "PATCH") else {}
+        if scope is None:
+            public = service.api(method, path, token=False, allow_redirects=False, **body)
+            expect(public.status_code not in (401, 403) and public.status_code < 500, method, path,
+                   "documented as public, but refused without a token", public)
+            continue
+        assert scope in SCOPES, (method, path, scope)
+        missing = service.api(method, path, token=False, **body)
+        expect(missing.status_code == 401 and missing.json().get("error") == "unauthorized", method, path,
+               "no token must be 401 unauthorized", missing)
+        expect(missing.headers.get("WWW-Authenticate", "").startswith("Bearer"), method, path,
+               "a 401 must carry WWW-Authenticate: Bearer", missing)
+        for header in ({"Authorization": "Bearer mc_not-a-token"}, {"Authorization": "Basic abc"},
+                       {"Authorization": "Bearer "}):
+            bad = service.api(method, path, token=False, headers=header, **body)
+            expect(bad.status_code == 401, method, path, f"{header['Authorization']!r} must be 401", bad)
+        wrong = service.api(method, path, token=all_but[scope], **body)
+        expect(wrong.status_code == 403 and wrong.json().get("error") == "forbidden"
+               and scope in wrong.json().get("message", ""), method, path,
+               f"a token without scope {scope!r} must be 403 naming the scope", wrong)
+        right = service.api(method, path, token=only[scope], **body)
+        expect(right.status_code not in (401, 403), method, path, f"a token with scope {scope!r} must pass", right)
+        expect(right.status_code < 500 and str(right.status_code) in op["responses"], method, path,
+               f"the answer with scope {scope!r} must be one the document lists ({sorted(op['responses'])})",
+               right)
+    assert not failures, "\n".join(failures)
 
 
 def test_a_revoked_token_is_refused_at_once(service):
@@ -311,7 +359,8 @@ def test_account_rename(service, identity):
     assert accounts.get_account(account).name == "Cleo (work)"
     cleared = service.api("PUT", f"/v1/account/{account}", json={"name": None}).json()
     assert "name" not in cleared
-    error_of(service.api("PUT", f"/v1/account/{account}", json={"name": "x", "email": "x@contoso.com"}), 400, "unknown_field")
+    both = {"name": "x", "email": "x@contoso.com"}
+    error_of(service.api("PUT", f"/v1/account/{account}", json=both), 400, "unknown_field")
     error_of(service.api("PUT", f"/v1/account/{account}", json={}), 400, "invalid_input")
     error_of(service.api("PUT", f"/v1/account/{account}", json={"name": "x" * 300}), 400, "invalid_input")
     # the sign-in data is untouched

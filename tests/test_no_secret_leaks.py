@@ -120,11 +120,11 @@ def test_the_plugin_fails_a_run_that_leaks(tmp_path):
     assert "4 passed" in out and "SECRETS LEAKED" in out, out
     leaks = [line for line in out.splitlines() if line.startswith(str(tmp_path.name)) or "test_inner.py::" in line]
     leaks = [line for line in leaks if " in " in line]
-    assert any("test_a_log_line_with_a_refresh_token" in l and "refresh token in log mailbox_connect.example" in l
-               for l in leaks), out
-    assert any("test_a_log_line_with_the_signing_key" in l and "signing key" in l and "log some.library" in l
-               for l in leaks), out
-    assert any("test_responses" in l and "API token in response GET /v1/echo" in l for l in leaks), out
-    assert not any("POST /v1/tokens" in l for l in leaks), out
-    assert not any("test_clean" in l for l in leaks), out
+    assert any("test_a_log_line_with_a_refresh_token" in leak and "refresh token in log mailbox_connect.example" in leak
+               for leak in leaks), out
+    assert any("test_a_log_line_with_the_signing_key" in leak and "signing key" in leak and "log some.library" in leak
+               for leak in leaks), out
+    assert any("test_responses" in leak and "API token in response GET /v1/echo" in leak for leak in leaks), out
+    assert not any("POST /v1/tokens" in leak for leak in leaks), out
+    assert not any("test_clean" in leak for leak in leaks), out
     assert "Xy7-q" * 9 not in out  # the report masks the secret

@@ -53,7 +53,8 @@ def test_the_document_is_valid_openapi_3_1():
 def test_operations_declare_security_bodies_and_errors():
     document = openapi_document("https://mc.example")
     assert document["components"]["securitySchemes"]["bearerAuth"] == {
-        "type": "http", "scheme": "bearer", "description": document["components"]["securitySchemes"]["bearerAuth"]["description"]}
+        "type": "http", "scheme": "bearer",
+        "description": document["components"]["securitySchemes"]["bearerAuth"]["description"]}
     assert document["security"] == [{"bearerAuth": []}]
     error_ref = {"$ref": "#/components/schemas/ErrorBody"}
     assert set(document["components"]["schemas"]["ErrorBody"]["properties"]) == {"error", "message", "field"}
@@ -71,8 +72,8 @@ def test_operations_declare_security_bodies_and_errors():
                 assert "$ref" in op["requestBody"]["content"]["application/json"]["schema"], (path, method)
                 assert "400" in op["responses"] and "415" in op["responses"]
             if "{" in path:
-                assert {p["name"] for p in op["parameters"] if p["in"] == "path"} == {"account", "app", "id", "webhook", "deadletter"} & set(
-                    path.replace("}", "{").split("{"))
+                names = {"account", "app", "id", "webhook", "deadletter"} & set(path.replace("}", "{").split("{"))
+                assert {p["name"] for p in op["parameters"] if p["in"] == "path"} == names
     scopes = {(p, m): op.get("x-required-scope") for p, item in document["paths"].items() for m, op in item.items()}
     assert scopes[("/v1/oauth2", "post")] == scopes[("/v1/tokens", "get")] == "admin"
     assert scopes[("/v1/accounts", "get")] == scopes[("/v1/authentication/form", "post")] == "api"

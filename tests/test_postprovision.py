@@ -28,14 +28,14 @@ import zipfile
 from contextlib import redirect_stderr, redirect_stdout
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from shared.settings import load_settings
 from sandbox.fakes import tls
-from tests.test_infra import HOOKS_DIR, LOCAL_ONLY_SETTINGS, ROOT, bicep, parsed  # noqa: F401  (fixtures)
+from shared.settings import load_settings
+from tests.test_infra import BICEP_DIR, HOOKS_DIR, LOCAL_ONLY_SETTINGS, ROOT, parse_files
 
 
 def _load_hook(name: str):
@@ -95,7 +95,7 @@ OTHER_CLAIMS = {"oid": OTHER_OID, "upn": "someone.else@contoso.com", "tid": AZD_
 class FakeCredential:
     """A token credential returning a JWT with ``claims``; records the scopes it was asked for."""
 
-    def __init__(self, claims: Optional[dict] = None, *, unavailable: bool = False, **kwargs: Any) -> None:
+    def __init__(self, claims: dict | None = None, *, unavailable: bool = False, **kwargs: Any) -> None:
         self.claims, self.unavailable, self.kwargs = claims or ADMIN_CLAIMS, unavailable, kwargs
         self.scopes: list[str] = []
         self.token = _jwt(self.claims)
@@ -110,7 +110,7 @@ class FakeCredential:
         return AccessToken(self.token, 4_102_444_800)
 
 
-def _admin(claims: Optional[dict] = None, label: str = "azd auth login") -> tuple[Any, FakeCredential]:
+def _admin(claims: dict | None = None, label: str = "azd auth login") -> tuple[Any, FakeCredential]:
     fake = FakeCredential(claims)
     return access.AdminCredential([(label, fake)]), fake
 
@@ -141,15 +141,23 @@ def _run_main(argv: list[str], **kwargs: Any) -> tuple[int, str, str]:
 # ---------------------------------------------------------------------------------------------------
 
 
-def test_hook_reads_only_outputs_the_template_has(bicep):
-    assert set(hook.REQUIRED_OUTPUTS) <= set(bicep["main.bicep"]["outputs"])
+@pytest.fixture(scope="module")
+def main_bicep() -> dict[str, Any]:
+    """infra/bicep/main.bicep, parsed the way tests/test_infra.py parses every template (pycep, .venv-iac)."""
+    [result] = parse_files([BICEP_DIR / "main.bicep"])["bicep"].values()
+    assert result["ok"], f"main.bicep does not parse: {result['error']}"
+    return result["json"]
+
+
+def test_hook_reads_only_outputs_the_template_has(main_bicep):
+    assert set(hook.REQUIRED_OUTPUTS) <= set(main_bicep["outputs"])
     assert set(hook.LOCAL_ONLY_SETTINGS) == set(LOCAL_ONLY_SETTINGS)
-    assert set(AZD_ENV) <= set(bicep["main.bicep"]["outputs"])
+    assert set(AZD_ENV) <= set(main_bicep["outputs"])
 
 
-def test_private_networking_outputs_are_in_the_template(bicep):
-    assert "privateNetworking" in bicep["main.bicep"]["parameters"]
-    outputs = set(bicep["main.bicep"]["outputs"])
+def test_private_networking_outputs_are_in_the_template(main_bicep):
+    assert "privateNetworking" in main_bicep["parameters"]
+    outputs = set(main_bicep["outputs"])
     assert {"MC_PRIVATE_NETWORKING", *hook.PRIVATE_OUTPUTS} <= outputs
 
 

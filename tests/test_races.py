@@ -5,7 +5,7 @@ Azurite and the fake Microsoft identity platform.
 Each sign-in runs in its own ``tests.service.Browser`` (its own cookie jar, as separate browsers), and is
 stopped at Microsoft's redirect back to ``/oauth`` so that only the callbacks race.
 
-"Consistent" (``tests.invariants.check_consistency``), from DESIGN.md invariants 1-5 and what
+"Consistent" (``tests.invariants.check_consistency``), from ../shared/DESIGN.md invariants 1-5 and what
 ``shared/admin/accounts.py`` and the README document:
 
 * the account row is the truth. An existing account is either **whole** (its credential row, its
@@ -25,22 +25,22 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
+from shared.handoff.tokens import reset_token_cache
 from shared.microsoft.identity import refresh
-from shared.storage.secrets.factory import get_secret_store
 from shared.settings import get_settings
 from shared.signin.flow import credential_id, credential_secret_name
+from shared.storage.secrets.factory import get_secret_store
 from shared.storage.tables import principals
 from shared.storage.tables.client import table
 from shared.storage.tables.records import utcnow
-from shared.handoff.tokens import reset_token_cache
-from tests.invariants import (Pending, account_rows, back_at_app, check_consistency, credential_rows, index_rows,
-                              prepare)
+from tests.invariants import Pending, account_rows, back_at_app, check_consistency, credential_rows, index_rows, prepare
 from tests.service import APP_REDIRECT
 
 IMAP_SCOPE = "https://outlook.office.com/IMAP.AccessAsUser.All"
@@ -77,7 +77,7 @@ def test_twenty_parallel_callbacks_for_one_mailbox_create_one_account(service, i
     links = [service.link(name="Race") for _ in range(20)]
     pending = [prepare(service, link, user) for link in links]
     results = [back_at_app(a) for a in together(*(complete(p) for p in pending))]
-    retry = [link for link, r in zip(links, results) if r.get("error") == "temporarily_unavailable"]
+    retry = [link for link, r in zip(links, results, strict=True) if r.get("error") == "temporarily_unavailable"]
     done = [r for r in results if "error" not in r]
     assert len(done) + len(retry) == 20, [r for r in results if r.get("error") != "temporarily_unavailable"]
     assert len({r["account"] for r in done}) == 1
@@ -127,8 +127,9 @@ def test_one_signer_connects_ten_mailboxes_in_parallel_with_one_credential(servi
 @pytest.mark.parametrize("resigner", ["same signer", "another signer"])
 def test_delete_racing_reauthentication_ends_consistent(service, identity, resigner):
     """``DELETE /v1/account/{id}`` and the callback of a re-authentication of the same account, released
-    together (the delete a little later each round, from 0 to a callback's duration), twelve rounds. Each round ends consistent (module docstring); a degraded account is repaired by
-    one more sign-in; every outcome is counted and printed."""
+    together (the delete a little later each round, from 0 to a callback's duration), twelve rounds. Each round
+    ends consistent (module docstring); a degraded account is repaired by one more sign-in; every outcome is
+    counted and printed."""
     alice = identity.add_user("alice@contoso.com", email="alice@contoso.com")
     bob = identity.add_user("bob@contoso.com", email="bob@contoso.com")
     signer = alice if resigner == "same signer" else bob
@@ -147,7 +148,7 @@ def test_delete_racing_reauthentication_ends_consistent(service, identity, resig
         # The delete starts a little later each round, so it meets the callback at every step of its writes.
         delay = callback_time * round_ / ROUNDS
 
-        def delete():
+        def delete(delay: float = delay):  # bound now: called by together() within this round
             time.sleep(delay)
             return service.api("DELETE", "/v1/account/team")
 

@@ -9,15 +9,13 @@ import socket
 
 import pytest
 
+from sandbox.fakes.keyvault import FakeCredential, FakeKeyVault
+from shared.settings import SettingsError, get_settings
 from shared.storage.secrets.base import SecretNotFound, SecretStoreError, SecretStoreUnavailable
-
-from shared.storage.secrets.factory import get_secret_store
-from shared.storage.secrets.factory import SecretStoreConfigError, reset_secret_store
+from shared.storage.secrets.factory import SecretStoreConfigError, get_secret_store, reset_secret_store
 from shared.storage.secrets.keyvault import KeyVaultSecretStore
 from shared.storage.secrets.local import LocalSecretStore, local_key_id
-from shared.settings import SettingsError, get_settings
 from shared.storage.tables.client import table
-from sandbox.fakes.keyvault import FakeCredential, FakeKeyVault
 
 BAD_NAMES = ["a_b", "x" * 128, "", "a/b", "a.b", "caf\u00e9", "a b"]
 
@@ -120,7 +118,8 @@ def test_fake_enforces_the_name_rule_itself(kv, credential):
     from azure.core.exceptions import HttpResponseError
     from azure.keyvault.secrets import SecretClient
 
-    client = SecretClient(kv.url, credential, connection_verify=kv.ca_bundle, verify_challenge_resource=False, retry_total=0)
+    client = SecretClient(kv.url, credential, connection_verify=kv.ca_bundle, verify_challenge_resource=False,
+                          retry_total=0)
     with pytest.raises(HttpResponseError) as info:
         client.set_secret("a_b", "v")
     assert info.value.status_code == 400
@@ -215,7 +214,8 @@ def test_kv_purge_is_forbidden_by_purge_protection(kv, credential):
     from azure.core.exceptions import HttpResponseError
     from azure.keyvault.secrets import SecretClient
 
-    client = SecretClient(kv.url, credential, connection_verify=kv.ca_bundle, verify_challenge_resource=False, retry_total=0)
+    client = SecretClient(kv.url, credential, connection_verify=kv.ca_bundle, verify_challenge_resource=False,
+                          retry_total=0)
     client.set_secret("p", "v")
     deleted = client.begin_delete_secret("p").result()
     assert deleted.recovery_id and deleted.scheduled_purge_date and deleted.deleted_date
@@ -287,7 +287,8 @@ def test_kv_credential_failure_is_unavailable(kv, sleeps):
         def get_token(self, *scopes, **kwargs):
             raise ClientAuthenticationError("managed identity endpoint not reachable")
 
-    store = KeyVaultSecretStore(kv.url, Broken(), connection_verify=kv.ca_bundle, sleep=sleeps, verify_challenge_resource=False)
+    store = KeyVaultSecretStore(kv.url, Broken(), connection_verify=kv.ca_bundle, sleep=sleeps,
+                                verify_challenge_resource=False)
     with pytest.raises(SecretStoreUnavailable):
         store.get("x")
 
@@ -388,7 +389,9 @@ def test_local_invalid_names_do_no_io(env):
 
     store = LocalSecretStore(_key(), NoIO())
     for name in BAD_NAMES:
-        for call in (lambda: store.get(name), lambda: store.set(name, "v"), lambda: store.delete(name)):
+        calls = (lambda name=name: store.get(name), lambda name=name: store.set(name, "v"),
+                 lambda name=name: store.delete(name))
+        for call in calls:
             with pytest.raises(SecretStoreError, match="invalid secret name"):
                 call()
 

@@ -8,11 +8,11 @@ import threading
 import pytest
 
 from shared.microsoft.identity import refresh
-from shared.storage.secrets.factory import get_secret_store
 from shared.settings import get_settings
-from shared.storage.tables.client import table
-from shared.storage.tables import accounts, principals
 from shared.signin.flow import credential_id, derived_account_id
+from shared.storage.secrets.factory import get_secret_store
+from shared.storage.tables import accounts, principals
+from shared.storage.tables.client import table
 from tests.service import APP_REDIRECT, query, session
 
 

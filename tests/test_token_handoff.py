@@ -10,16 +10,16 @@ from datetime import datetime, timedelta
 
 import pytest
 
+from shared.core.account_state import mark_reauthentication_required
+from shared.handoff.tokens import mark_connected, reset_token_cache
 from shared.microsoft.identity import refresh
-from shared.storage.secrets.base import SecretStoreUnavailable
-from shared.storage.secrets.factory import get_secret_store
 from shared.settings import get_settings
 from shared.signin.flow import credential_id
+from shared.storage.secrets.base import SecretStoreUnavailable
+from shared.storage.secrets.factory import get_secret_store
 from shared.storage.tables import accounts, principals
 from shared.storage.tables.apitokens import create_token
 from shared.storage.tables.records import utcnow
-from shared.core.account_state import mark_reauthentication_required
-from shared.handoff.tokens import mark_connected, reset_token_cache
 from tests.service import Service, connect
 
 IMAP_SCOPE = "https://outlook.office.com/IMAP.AccessAsUser.All"

@@ -12,15 +12,15 @@ from datetime import timedelta
 
 import pytest
 
+from sandbox.fakes.webhooks import Clock, Receiver
 from shared.core.links import decode
+from shared.handoff.tokens import reset_token_cache
 from shared.settings import get_settings
 from shared.storage.tables import deliveries, outbox
 from shared.storage.tables.client import table
-from shared.handoff.tokens import reset_token_cache
 from shared.webhooks.dispatcher import MAX_AGE, Dispatcher, RunReport
 from shared.webhooks.signature import verify_signature
 from shared.webhooks.targets import forget_secrets
-from sandbox.fakes.webhooks import Clock, Receiver
 from tests.service import APP_REDIRECT, connect, query
 
 
@@ -218,7 +218,7 @@ def test_retries_back_off_exponentially_for_24_hours_then_dead_letter_and_resend
     assert len({a.event_id for a in attempts}) == 1 and len({a.body for a in attempts}) == 1  # same event, same body
     assert [int(a.headers["x-mc-attempt"]) for a in attempts] == list(range(1, len(attempts) + 1))
     stamps = [int(a.headers["x-mc-timestamp"]) for a in attempts]
-    gaps = [b - a for a, b in zip(stamps, stamps[1:])]
+    gaps = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
     for n, gap in enumerate(gaps, start=1):  # 10 s doubling to 1 h, minus at most 10 % jitter (whole seconds)
         nominal = min(10 * 2 ** (n - 1), 3600)
         assert nominal * 0.9 - 1 <= gap <= nominal, (n, gap, gaps)

@@ -70,12 +70,13 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from http.cookies import SimpleCookie
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 import azure.functions as func
@@ -354,7 +355,7 @@ class Schedule:
         parts = expression.split()
         if len(parts) != 6:
             raise ValueError(f"timer schedule {expression!r}: expected six fields (seconds first)")
-        self.sets = [self._field(text, *spec) for text, spec in zip(parts, _CRON_FIELDS)]
+        self.sets = [self._field(text, *spec) for text, spec in zip(parts, _CRON_FIELDS, strict=True)]
 
     @staticmethod
     def _field(text: str, name: str, low: int, high: int, names: tuple[str, ...]) -> frozenset[int]:
@@ -449,7 +450,8 @@ def collect_timers(app: FunctionRegister) -> dict[str, Timer]:
         user_function = function.get_user_function()
         signature = inspect.signature(user_function).parameters
         if trigger.name not in signature:
-            raise ValueError(f"{name}: the timer trigger's parameter {trigger.name!r} is not in the function's signature")
+            raise ValueError(f"{name}: the timer trigger's parameter {trigger.name!r} is not in the function's "
+                             "signature")
         timers[name] = Timer(name, Schedule(trigger.schedule), trigger.name, bool(trigger.run_on_startup),
                              user_function, wants_context="context" in signature)
     return timers
@@ -473,7 +475,7 @@ def _cookie_expires(text: str) -> str:
     except (TypeError, ValueError):
         when = datetime.fromisoformat(text)  # the worker uses dateutil; it raises on garbage too
     if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
+        when = when.replace(tzinfo=UTC)
     return email.utils.formatdate(int(when.timestamp()), usegmt=True)
 
 
@@ -559,7 +561,7 @@ def _json_error(status: int, error: str, message: str) -> tuple[int, list[tuple[
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 128  # socketserver's default of 5 drops bursts of parallel connections
-    local_host: "LocalHost"
+    local_host: LocalHost
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -621,7 +623,7 @@ class LocalHost:
             lines.append(f"    {name}: {trigger} (not served by the local host)")
         return "\n".join(lines)
 
-    def start(self, timers: bool = False) -> "LocalHost":
+    def start(self, timers: bool = False) -> LocalHost:
         """Serve in a background thread; ``timers``: also run the timer functions on their schedules."""
         if timers:
             self.start_timers()
@@ -663,20 +665,20 @@ class LocalHost:
         self._timer_thread.start()
 
     def _schedule_timers(self) -> None:
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         upcoming = {name: t.schedule.next_after(now) for name, t in self.timers.items()}
         for timer in self.timers.values():
             if timer.run_on_startup:
                 self._fire(timer)
         while not self._timer_stop.is_set():
             name = min(upcoming, key=upcoming.__getitem__)
-            wait = (upcoming[name] - datetime.now(timezone.utc)).total_seconds()
+            wait = (upcoming[name] - datetime.now(UTC)).total_seconds()
             if wait > 0 and self._timer_stop.wait(min(wait, 60.0)):
                 return
             if wait > 60.0:
                 continue  # re-check after a long wait (clock changes)
             self._fire(self.timers[name])
-            upcoming[name] = self.timers[name].schedule.next_after(max(upcoming[name], datetime.now(timezone.utc)))
+            upcoming[name] = self.timers[name].schedule.next_after(max(upcoming[name], datetime.now(UTC)))
 
     def _fire(self, timer: Timer) -> None:
         """Start one scheduled run in its own thread, unless the previous one is still running."""
@@ -690,7 +692,8 @@ class LocalHost:
             past_due, timer.missed = timer.missed, False
             try:
                 self._invoke_timer(timer, past_due)
-                log.debug("Executed '%s' (Succeeded, %.0f ms)", timer.function_name, (time.monotonic() - started) * 1000)
+                log.debug("Executed '%s' (Succeeded, %.0f ms)", timer.function_name,
+                          (time.monotonic() - started) * 1000)
             except Exception:  # noqa: BLE001 - as the host: logged, and the schedule goes on
                 log.exception("Executed '%s' (Failed)", timer.function_name)
             finally:
@@ -720,7 +723,7 @@ class LocalHost:
         if not self._loop.is_closed():
             self._loop.close()
 
-    def __enter__(self) -> "LocalHost":
+    def __enter__(self) -> LocalHost:
         return self if self._thread is not None else self.start()  # already started: serve(...).start(...)
 
     def __exit__(self, *exc: object) -> None:

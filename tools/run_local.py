@@ -40,7 +40,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from tools.azurite import ROOT, connection_string, start_azurite
 
@@ -83,8 +83,8 @@ def _free_or(port: int) -> int:
         return s.getsockname()[1]
 
 
-def sandbox_choice(flag: Optional[bool], values: dict[str, str], environ: dict[str, str],
-                   real_apps: Optional[bool]) -> tuple[bool, str]:
+def sandbox_choice(flag: bool | None, values: dict[str, str], environ: dict[str, str],
+                   real_apps: bool | None) -> tuple[bool, str]:
     """(sandbox on?, why). ``real_apps``: whether an already running Table Storage holds a non-sandbox
     app (None: we start Azurite ourselves, so it holds nothing)."""
     if flag is not None:
@@ -119,7 +119,8 @@ Mailbox Connect is running on http://localhost:{port} (no sandbox: real Microsof
 
 Next steps (in another terminal):
   1. Mint an API token:          {PY} -m shared.cli create-token --name dev
-  2. Register your Entra app:    {PY} -m shared.cli add-app --name dev --client-id <id> --authority organizations --base-scopes imap
+  2. Register your Entra app:    {PY} -m shared.cli add-app --name dev --client-id <id> \\
+                                   --authority organizations --base-scopes imap
                                  (the client secret is read from stdin; redirect URI to register: http://localhost:{port}/oauth)
   3. Create a sign-in link:
      curl -s -X POST http://localhost:{port}/v1/authentication/form \\
@@ -134,8 +135,10 @@ def sandbox_steps(port: int, token: str, demo: Any, why: str) -> str:
     from sandbox.server import SHARED_MAILBOXES, USERS
 
     curl = demo.curl_for_link(SHARED_MAILBOXES[0], True, token="$TOKEN").replace("\n", "\n  ")
-    users = "\n".join(f"    {u.upn:<24} {('can open ' + ', '.join(u.shared_mailboxes)) if u.shared_mailboxes else 'no shared mailboxes'}"
-                      for u in USERS)
+    def mailboxes(user: Any) -> str:
+        return "can open " + ", ".join(user.shared_mailboxes) if user.shared_mailboxes else "no shared mailboxes"
+
+    users = "\n".join(f"    {u.upn:<24} {mailboxes(u)}" for u in USERS)
     return f"""
 Mailbox Connect is running on http://localhost:{port} in SANDBOX mode ({why}):
 Microsoft is replaced by a local sandbox with the test tenant contoso.example. No Microsoft account needed.
@@ -156,7 +159,7 @@ Press Ctrl+C to stop.
 """
 
 
-def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m tools.run_local", description=__doc__.split("\n\n")[0])
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--sandbox", dest="sandbox", action="store_true", default=None,
@@ -173,7 +176,7 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.sandbox or args.sign_in_as:
         _refuse_in_azure()  # before anything is started or written
@@ -265,7 +268,7 @@ def _start_sandbox(args: argparse.Namespace, why: str, stack: list[Any], info: d
     return sandbox_steps(args.port, token, demo, why)
 
 
-def _write_info(path: Optional[Path], info: dict[str, Any]) -> None:
+def _write_info(path: Path | None, info: dict[str, Any]) -> None:
     if path is None:
         return
     tmp = path.with_name(path.name + ".tmp")

@@ -19,8 +19,9 @@ import base64
 import json
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Sequence, TextIO
+from typing import Any, TextIO
 from urllib.parse import quote, urlsplit
 
 DEFAULT_RBAC_WAIT = 600.0
@@ -33,7 +34,7 @@ class HookError(Exception):
     """A failure the hook explains itself (the message is shown to the admin as is)."""
 
 
-def status_of(exc: BaseException) -> Optional[int]:
+def status_of(exc: BaseException) -> int | None:
     return getattr(exc, "status_code", None)
 
 
@@ -71,7 +72,7 @@ class AdminCredential:
 
     def __init__(self, chain: Sequence[tuple[str, Any]]) -> None:
         self.chain = list(chain)
-        self.used: Optional[str] = None  # label of the sign-in that answered last
+        self.used: str | None = None  # label of the sign-in that answered last
         self.claims: dict[str, Any] = {}
 
     def get_token(self, *scopes: str, **kwargs: Any) -> Any:
@@ -101,7 +102,7 @@ class AdminCredential:
         return f"{describe_principal(self.claims)}, with {self.used}"
 
 
-def admin_credential(env: dict[str, str], classes: Optional[Sequence[type]] = None) -> AdminCredential:
+def admin_credential(env: dict[str, str], classes: Sequence[type] | None = None) -> AdminCredential:
     """azd's own sign-in (the principal the roles were granted to), then the Azure CLI, then the environment."""
     if classes is None:
         from azure.identity import AzureCliCredential, AzureDeveloperCliCredential, EnvironmentCredential
@@ -158,8 +159,9 @@ class RbacWait:
                     raise
                 delay = min(delay, left)
                 self.retries += 1
-                print(f"  {self.service} answered 403 Forbidden: the role assignment is not in effect yet. Retry "
-                      f"{self.retries} in {delay:.0f}s (waited {self.elapsed():.0f}s of up to {self.max_wait:.0f}s) ...",
+                print(f"  {self.service} answered 403 Forbidden: the role assignment is not in effect yet. "
+                      f"Retry {self.retries} in {delay:.0f}s (waited {self.elapsed():.0f}s of up to "
+                      f"{self.max_wait:.0f}s) ...",
                       file=self.out, flush=True)
                 self.sleep(delay)
                 self.slept += delay
@@ -187,7 +189,10 @@ class ArmSecrets:
     def __init__(self, env: dict[str, str], credential: Any) -> None:
         from azure.core import PipelineClient
         from azure.core.pipeline.policies import (
-            BearerTokenCredentialPolicy, HeadersPolicy, RetryPolicy, UserAgentPolicy,
+            BearerTokenCredentialPolicy,
+            HeadersPolicy,
+            RetryPolicy,
+            UserAgentPolicy,
         )
 
         arm = arm_endpoint(env)
@@ -202,7 +207,7 @@ class ArmSecrets:
         ]
         self._client = PipelineClient(arm, policies=policies)
 
-    def _send(self, method: str, name: str, body: Optional[dict] = None) -> dict:
+    def _send(self, method: str, name: str, body: dict | None = None) -> dict:
         from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
         from azure.core.rest import HttpRequest
 

@@ -49,9 +49,10 @@ import re
 import shlex
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 HOOKS_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(HOOKS_DIR))
@@ -80,7 +81,7 @@ LOCAL_ONLY_SETTINGS = (
 )
 
 
-def is_true(value: Optional[str]) -> bool:
+def is_true(value: str | None) -> bool:
     return (value or "").strip().lower() in ("true", "1", "yes")
 
 
@@ -113,9 +114,9 @@ def format_command(pairs: list[tuple[str, str]], argv: list[str], *, windows: bo
 class Outcome:
     """What the Key Vault work did: a bootstrap issued now (token, expiry), one found from earlier, a problem."""
 
-    issued: Optional[tuple[str, int]] = None
+    issued: tuple[str, int] | None = None
     earlier: bool = False
-    problem: Optional[str] = None
+    problem: str | None = None
 
 
 def _sign_in_link_step(number: int, url: str, token_hint: str) -> list[str]:
@@ -196,7 +197,7 @@ def _bootstrap_steps(env: dict[str, str], outcome: Outcome, windows: bool) -> li
 
 
 def next_steps(env: dict[str, str], *, windows: bool = False, private: bool = False,
-               outcome: Optional[Outcome] = None) -> str:
+               outcome: Outcome | None = None) -> str:
     outcome = outcome or Outcome()
     lines = [
         "",
@@ -233,11 +234,12 @@ def explain_forbidden(exc: Exception, env: dict[str, str], admin: AdminCredentia
                 "Manager), or run the hook from a machine inside that network.")
     granted = env.get("AZURE_PRINCIPAL_ID", "")
     oid = str(admin.claims.get("oid", ""))
+    granted_to = f"AZURE_PRINCIPAL_ID={granted}" if granted else "unknown (AZURE_PRINCIPAL_ID is not set)"
     lines = [
         f"{wait.service} still answered 403 Forbidden after {wait.elapsed():.0f}s of waiting for the role assignment",
         f"(MC_HOOK_RBAC_WAIT_SECONDS={wait.max_wait:.0f} sets how long).",
         f"  Signed in as:      {who}",
-        "  Roles granted to:  " + (f"AZURE_PRINCIPAL_ID={granted}" if granted else "unknown (AZURE_PRINCIPAL_ID is not set)"),
+        f"  Roles granted to:  {granted_to}",
     ]
     if granted and oid and oid.lower() != granted.lower():
         lines += [
@@ -305,7 +307,7 @@ def not_done(problem: str, env: dict[str, str]) -> int:
     return 1 if is_true(env.get("MC_HOOK_STRICT")) else 0
 
 
-def main(argv: Optional[list[str]] = None, *, credential: Optional[AdminCredential] = None, store: Any = None,
+def main(argv: list[str] | None = None, *, credential: AdminCredential | None = None, store: Any = None,
          sleep: Callable[[float], Any] = time.sleep, clock: Callable[[], float] = time.monotonic,
          now: Callable[[], float] = time.time) -> int:
     """``credential``, ``store``, ``sleep``, ``clock`` and ``now`` replace the real ones in tests."""

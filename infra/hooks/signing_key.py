@@ -28,7 +28,7 @@ import os
 import secrets
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -43,7 +43,7 @@ def new_key() -> str:
     return secrets.token_urlsafe(48)
 
 
-def ensure(client: Any, wait: Optional[RbacWait] = None) -> str:
+def ensure(client: Any, wait: RbacWait | None = None) -> str:
     """Make sure ``mc-signing-key`` exists. Returns ``"present"``, ``"created"`` or ``"recovered"``."""
     from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 
@@ -64,7 +64,7 @@ def ensure(client: Any, wait: Optional[RbacWait] = None) -> str:
     return "recovered"
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--vault-url", default=os.environ.get("MC_KEY_VAULT_URL", ""),
                         help="Key Vault URL (default: $MC_KEY_VAULT_URL)")

@@ -27,9 +27,9 @@ import re
 import threading
 import uuid
 from collections import deque
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler
-from typing import Any, Optional
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from .tls import HTTPSServer
@@ -80,7 +80,7 @@ class Mailboxes:
         with self._lock:
             self._grants.discard((_who(who), mailbox.lower()))
 
-    def decide(self, claims: dict[str, Any], mailbox: Optional[str]) -> str:
+    def decide(self, claims: dict[str, Any], mailbox: str | None) -> str:
         """``ok``, ``denied``, ``not_found`` or ``no_mailbox`` for the signer of ``claims`` and ``mailbox``
         (``None``: the signer's own mailbox)."""
         upn = str(claims.get("upn") or claims.get("preferred_username") or "").lower()
@@ -103,7 +103,7 @@ def _who(who: Any) -> str:
 class FakeGraph:
     """Use as a context manager or ``start()`` / ``stop()``; ``url`` is the base to put in ``MC_GRAPH_URL``."""
 
-    def __init__(self, identity: Any, mailboxes: Optional[Mailboxes] = None,
+    def __init__(self, identity: Any, mailboxes: Mailboxes | None = None,
                  resource: str = GRAPH_RESOURCE) -> None:
         self.identity = identity
         self.mailboxes = mailboxes or Mailboxes()
@@ -117,9 +117,9 @@ class FakeGraph:
         self._server.httpd.socket.listen(64)
         self.url = self._server.url
         self.ca_bundle = self._server.ca.ca_bundle
-        self._thread: Optional[threading.Thread] = None
+        self._thread: threading.Thread | None = None
 
-    def start(self) -> "FakeGraph":
+    def start(self) -> FakeGraph:
         if self._thread is None:
             self._thread = threading.Thread(target=self._server.httpd.serve_forever, kwargs={"poll_interval": 0.01},
                                             daemon=True, name="fake-graph")
@@ -134,7 +134,7 @@ class FakeGraph:
             self._thread.join(timeout=5)
             self._thread = None
 
-    def __enter__(self) -> "FakeGraph":
+    def __enter__(self) -> FakeGraph:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -147,7 +147,7 @@ class FakeGraph:
     def add_mailbox(self, *addresses: str) -> None:
         self.mailboxes.add_mailbox(*addresses)
 
-    def fail_next(self, status: int = 500, count: int = 1, code: Optional[str] = None) -> None:
+    def fail_next(self, status: int = 500, count: int = 1, code: str | None = None) -> None:
         """Answer the next ``count`` requests with ``status`` (500 ``UnknownError``, 503, 429 with Retry-After)."""
         with self._lock:
             self._faults.extend([("fail", (status, code))] * count)
@@ -157,7 +157,7 @@ class FakeGraph:
         with self._lock:
             self._faults.extend([("delay", seconds)] * count)
 
-    def _next_fault(self) -> Optional[tuple[str, Any]]:
+    def _next_fault(self) -> tuple[str, Any] | None:
         with self._lock:
             return self._faults.popleft() if self._faults else None
 
@@ -171,7 +171,7 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet in tests
         pass
 
-    def _send(self, status: int, body: dict[str, Any], headers: Optional[dict[str, str]] = None) -> None:
+    def _send(self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:
         data = json.dumps(body).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json;odata.metadata=minimal;odata.streaming=true;"
@@ -184,9 +184,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
-    def _error(self, status: int, code: str, message: str, headers: Optional[dict[str, str]] = None) -> None:
+    def _error(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
         self._send(status, {"error": {"code": code, "message": message, "innerError": {
-            "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S"),
+            "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S"),
             "request-id": self._request_id,
             "client-request-id": self.headers.get("client-request-id") or self._request_id,
         }}}, headers)

@@ -60,11 +60,12 @@ import threading
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import lru_cache
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable, Iterable
+from typing import Any
 from urllib.parse import parse_qs, unquote_plus, urlencode, urlsplit, urlunsplit
 
 import jwt
@@ -72,6 +73,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 
 from sandbox import refuse_in_azure
+
 from .signin_page import SIGN_IN_PAGE_HEADERS, render_sign_in_page
 from .tls import HTTPSServer, TestCA
 
@@ -222,7 +224,7 @@ class _PageError(Exception):
 class _ShowSignIn(Exception):
     """Raised inside the authorize endpoint in interactive mode: the request is valid, ask who signs in."""
 
-    def __init__(self, client: "_Client", scopes: list[str]) -> None:
+    def __init__(self, client: _Client, scopes: list[str]) -> None:
         super().__init__("sign-in page")
         self.client, self.scopes = client, scopes
 
@@ -286,7 +288,7 @@ class FakeIdentity:
         self._started = False
 
     # ------------------------------------------------------------------ lifecycle
-    def start(self) -> "FakeIdentity":
+    def start(self) -> FakeIdentity:
         if not self._started:
             refuse_in_azure("the fake Microsoft identity platform")
             # Our own threads rather than HTTPSServer.start(): a short poll interval makes stop() take
@@ -311,7 +313,7 @@ class FakeIdentity:
     def _servers(self) -> list[Any]:
         return [self._server.httpd] + ([self._browser_server] if self._browser_server is not None else [])
 
-    def __enter__(self) -> "FakeIdentity":
+    def __enter__(self) -> FakeIdentity:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -667,7 +669,7 @@ class FakeIdentity:
                 raw = base64.b64decode(auth_header[6:]).decode()
                 basic_id, basic_secret = (unquote_plus(p) for p in raw.split(":", 1))
             except Exception:  # noqa: BLE001 - a malformed header is the client's error
-                raise _OAuthError("invalid_client", 7000216, "Malformed HTTP Basic client credentials.", 401)
+                raise _OAuthError("invalid_client", 7000216, "Malformed HTTP Basic client credentials.", 401) from None
             client_id = client_id or basic_id
             if basic_id != client_id:
                 raise _OAuthError("invalid_client", 7000216, "client_id in body and Basic header differ.", 401)
@@ -746,7 +748,7 @@ class FakeIdentity:
             rt = self._refresh_tokens.get(value)
         if rt is None or rt.client_id != client.client_id:
             raise _OAuthError("invalid_grant", 9002313, "Invalid request. Request is malformed or invalid.")
-        issued = datetime.fromtimestamp(rt.issued_at, timezone.utc).strftime("%m/%d/%Y %H:%M:%S")
+        issued = datetime.fromtimestamp(rt.issued_at, UTC).strftime("%m/%d/%Y %H:%M:%S")
         if rt.revoked == "expired" or now > rt.issued_at + self.refresh_token_max_inactive:
             raise _OAuthError("invalid_grant", 700082, f"The refresh token has expired due to inactivity. The "
                               f"token was issued on {issued} and was inactive for 90.00:00:00.")
@@ -909,10 +911,12 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _oauth_error(self, err: _OAuthError) -> None:
         trace_id, correlation_id = str(uuid.uuid4()), self.headers.get("client-request-id") or str(uuid.uuid4())
-        stamp = datetime.now(timezone.utc)
+        stamp = datetime.now(UTC)
         codes = err.extra.pop("error_codes", None) or [err.code]
         retry_after = err.extra.pop("retry_after", None)
-        description = err.description if err.description.startswith("AADSTS") else f"AADSTS{err.code}: {err.description}"
+        description = err.description
+        if not description.startswith("AADSTS"):
+            description = f"AADSTS{err.code}: {description}"
         body = {
             "error": err.error,
             "error_description": f"{description} Trace ID: {trace_id} Correlation ID: {correlation_id} "

@@ -24,7 +24,7 @@ import socket
 import socketserver
 import threading
 from collections import deque
-from typing import Any, Optional
+from typing import Any
 
 from .graph import OK, Mailboxes
 from .tls import test_ca
@@ -39,7 +39,7 @@ CAPABILITIES = ("IMAP4 IMAP4rev1 AUTH=PLAIN AUTH=XOAUTH2 SASL-IR UIDPLUS ID UNSE
 class FakeImap:
     """``host`` / ``port`` / ``address`` (``localhost:<port>``, for ``MC_IMAP_HOST``)."""
 
-    def __init__(self, identity: Any, mailboxes: Optional[Mailboxes] = None,
+    def __init__(self, identity: Any, mailboxes: Mailboxes | None = None,
                  resource: str = OUTLOOK_RESOURCE) -> None:
         self.identity = identity
         self.mailboxes = mailboxes or Mailboxes()
@@ -56,9 +56,9 @@ class FakeImap:
         self.host = "localhost"
         self.port = self._server.server_address[1]
         self.address = f"{self.host}:{self.port}"
-        self._thread: Optional[threading.Thread] = None
+        self._thread: threading.Thread | None = None
 
-    def start(self) -> "FakeImap":
+    def start(self) -> FakeImap:
         if self._thread is None:
             self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.01},
                                             daemon=True, name="fake-imap")
@@ -73,7 +73,7 @@ class FakeImap:
             self._thread.join(timeout=5)
             self._thread = None
 
-    def __enter__(self) -> "FakeImap":
+    def __enter__(self) -> FakeImap:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -92,7 +92,7 @@ class FakeImap:
         with self._lock:
             self._faults.extend([kind] * count)
 
-    def _next_fault(self) -> Optional[str]:
+    def _next_fault(self) -> str | None:
         with self._lock:
             self.connections += 1
             return self._faults.popleft() if self._faults else None
@@ -141,7 +141,7 @@ class _Handler(socketserver.BaseRequestHandler):
             except OSError:
                 pass
 
-    def _serve(self, conn: socket.socket, fault: Optional[str]) -> None:
+    def _serve(self, conn: socket.socket, fault: str | None) -> None:
         fake = self.server.fake
         reader = conn.makefile("rb")
 
@@ -210,7 +210,7 @@ class _Handler(socketserver.BaseRequestHandler):
                 send(f"{tag} BAD Command Error. 12")
 
 
-def _parse_xoauth2(value: str) -> tuple[Optional[str], Optional[str]]:
+def _parse_xoauth2(value: str) -> tuple[str | None, str | None]:
     try:
         decoded = base64.b64decode(value, validate=True).decode("utf-8")
     except (binascii.Error, UnicodeDecodeError, ValueError):

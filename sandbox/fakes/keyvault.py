@@ -36,7 +36,7 @@ import threading
 import time
 import uuid
 from http.server import BaseHTTPRequestHandler
-from typing import Any, Optional
+from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from sandbox.fakes.tls import HTTPSServer
@@ -64,7 +64,7 @@ class FakeCredential:
 
 
 class FakeKeyVault:
-    def __init__(self, tenant_id: Optional[str] = None, *, purge_protection: bool = True) -> None:
+    def __init__(self, tenant_id: str | None = None, *, purge_protection: bool = True) -> None:
         self.tenant_id = tenant_id or str(uuid.uuid4())
         self.purge_protection = purge_protection
         self.flat_conflict_code = False
@@ -83,21 +83,21 @@ class FakeKeyVault:
         self._fail = 0
         self._fail_status = 503
         self._fail_body: dict[str, Any] = {}
-        self._fail_method: Optional[str] = None
+        self._fail_method: str | None = None
         self._deleting: dict[str, int] = {}
         self._recovering: dict[str, int] = {}
         self.server = HTTPSServer(_make_handler(self))
 
     # -- lifecycle -------------------------------------------------------------------------------------
 
-    def start(self) -> "FakeKeyVault":
+    def start(self) -> FakeKeyVault:
         self.server.start()
         return self
 
     def stop(self) -> None:
         self.server.stop()
 
-    def __enter__(self) -> "FakeKeyVault":
+    def __enter__(self) -> FakeKeyVault:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:
@@ -124,8 +124,8 @@ class FakeKeyVault:
         status: int = 503,
         *,
         code: str = "InternalServerError",
-        inner: Optional[str] = None,
-        method: Optional[str] = None,
+        inner: str | None = None,
+        method: str | None = None,
     ) -> None:
         """Answer the next ``n`` authenticated requests (only those of ``method`` when given) with
         ``status`` and ``{"error": {"code": code, "innererror": {"code": inner}}}``."""
@@ -153,7 +153,7 @@ class FakeKeyVault:
         with self.lock:
             return len(self.requests)
 
-    def current(self, name: str) -> Optional[dict[str, Any]]:
+    def current(self, name: str) -> dict[str, Any] | None:
         """The newest live version of ``name`` (a copy), or ``None``."""
         with self.lock:
             versions = self.secrets.get(name)
@@ -173,7 +173,8 @@ class FakeKeyVault:
                     f'Bearer authorization="https://login.microsoftonline.com/{self.tenant_id}", '
                     f'resource="{RESOURCE}"'
                 )
-                return 401, {"WWW-Authenticate": challenge}, _error("Unauthorized", "AKV10000: Request is missing a Bearer or PoP token.")
+                missing = _error("Unauthorized", "AKV10000: Request is missing a Bearer or PoP token.")
+                return 401, {"WWW-Authenticate": challenge}, missing
             self.tokens_seen.append(auth[7:].strip())
             if self._throttle > 0:
                 self._throttle -= 1
@@ -198,9 +199,11 @@ class FakeKeyVault:
         if segs and segs[-1] == "" and len(segs) == 2:
             segs = segs[:-1]
         if segs == ["secrets"] and method == "GET":
-            return 200, {}, {"value": [self._item(n, v[-1]) for n, v in sorted(self.secrets.items())], "nextLink": None}
+            items = [self._item(n, v[-1]) for n, v in sorted(self.secrets.items())]
+            return 200, {}, {"value": items, "nextLink": None}
         if segs == ["deletedsecrets"] and method == "GET":
-            return 200, {}, {"value": [self._deleted_bundle(n, with_value=False) for n in sorted(self.deleted)], "nextLink": None}
+            items = [self._deleted_bundle(n, with_value=False) for n in sorted(self.deleted)]
+            return 200, {}, {"value": items, "nextLink": None}
         if len(segs) < 2 or segs[0] not in ("secrets", "deletedsecrets"):
             return 404, {}, _error("NotFound", "The requested resource was not found.")
         name = segs[1]
@@ -249,7 +252,8 @@ class FakeKeyVault:
         self.bodies.append((name, body))
         now = int(time.time())
         attributes = {"enabled": True, **(body.get("attributes") or {})}
-        attributes.update({"created": now, "updated": now, "recoveryLevel": self._recovery_level(), "recoverableDays": RETENTION_DAYS})
+        attributes.update({"created": now, "updated": now, "recoveryLevel": self._recovery_level(),
+                           "recoverableDays": RETENTION_DAYS})
         version = {
             "version": uuid.uuid4().hex,
             "value": value,
@@ -271,7 +275,8 @@ class FakeKeyVault:
             if version is None:
                 return 404, {}, _not_found(f"{name}/{version_id}")
         if not version["attributes"].get("enabled", True):
-            return 403, {}, _error("Forbidden", "Operation get is not allowed on a disabled secret.", inner="SecretDisabled")
+            return 403, {}, _error("Forbidden", "Operation get is not allowed on a disabled secret.",
+                                   inner="SecretDisabled")
         return 200, {}, self._bundle(name, version, with_value=True)
 
     def _versions(self, name: str) -> tuple[int, dict[str, str], Any]:
@@ -373,7 +378,7 @@ class FakeKeyVault:
         return True
 
 
-def _error(code: str, message: str, inner: Optional[str] = None) -> dict[str, Any]:
+def _error(code: str, message: str, inner: str | None = None) -> dict[str, Any]:
     error: dict[str, Any] = {"code": code, "message": message}
     if inner:
         error["innererror"] = {"code": inner}

@@ -7,8 +7,9 @@ Self-contained HTML (no scripts, no external assets), one form: each user is a s
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from html import escape
-from typing import TYPE_CHECKING, Iterable, Optional
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # pragma: no cover
     from .identity import FakeUser
@@ -51,7 +52,7 @@ def describe_scopes(scopes: Iterable[str]) -> list[str]:
     return words
 
 
-def _mailboxes(user: "FakeUser") -> str:
+def _mailboxes(user: FakeUser) -> str:
     own = escape(user.email or user.upn)
     if user.shared_mailboxes:
         shared = ", ".join(escape(m) for m in user.shared_mailboxes)
@@ -60,10 +61,10 @@ def _mailboxes(user: "FakeUser") -> str:
 
 
 def render_sign_in_page(*, action: str, request: str, app_name: str, scopes: list[str],
-                        users: list["FakeUser"], login_hint: Optional[str] = None) -> str:
+                        users: list[FakeUser], login_hint: str | None = None) -> str:
     hint = (login_hint or "").strip().lower()
 
-    def hinted(user: "FakeUser") -> bool:
+    def hinted(user: FakeUser) -> bool:
         return bool(hint) and hint in (user.upn.lower(), (user.email or "").lower())
 
     buttons = []
@@ -89,7 +90,8 @@ def render_sign_in_page(*, action: str, request: str, app_name: str, scopes: lis
 :root{{color-scheme:light dark}}
 body{{font:16px/1.5 system-ui,-apple-system,"Segoe UI",sans-serif;margin:0;background:#eef1f5;color:#1b1f24}}
 .banner{{background:#7a3e00;color:#fff;padding:.5rem 1rem;text-align:center;font-size:.95rem}}
-main{{max-width:34rem;margin:4vh auto;padding:1.75rem 2rem;background:#fff;border-radius:8px;box-shadow:0 1px 4px #0003}}
+main{{max-width:34rem;margin:4vh auto;padding:1.75rem 2rem;background:#fff;border-radius:8px;
+  box-shadow:0 1px 4px #0003}}
 h1{{font-size:1.4rem;margin:0 0 .25rem}}
 h2{{font-size:1.05rem;margin:1.5rem 0 .5rem}}
 ul.users{{list-style:none;padding:0;margin:0}}
@@ -103,8 +105,10 @@ button:focus-visible{{outline:3px solid #f5a623;outline-offset:2px}}
 .tag{{font-size:.8rem;background:#e3ecfa;color:#0b4a9c;border-radius:3px;padding:0 .35rem;margin-left:.4rem}}
 button.cancel{{margin-top:1.25rem;padding:.55rem 1.1rem;border:1px solid #8a1f11;border-radius:4px;background:#fff;
   color:#8a1f11;font:inherit;cursor:pointer}}
-@media (prefers-color-scheme:dark){{body{{background:#15181d;color:#e6e9ee}} main,button.user,button.cancel{{background:#1f242b}}
-  .upn{{color:#b9c1cc}} .note{{color:#a3abb6}} button.user:hover{{background:#26303d}} button.cancel{{color:#ff9c8a;border-color:#ff9c8a}}}}
+@media (prefers-color-scheme:dark){{body{{background:#15181d;color:#e6e9ee}}
+  main,button.user,button.cancel{{background:#1f242b}}
+  .upn{{color:#b9c1cc}} .note{{color:#a3abb6}} button.user:hover{{background:#26303d}}
+  button.cancel{{color:#ff9c8a;border-color:#ff9c8a}}}}
 </style>
 </head>
 <body>

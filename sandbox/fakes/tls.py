@@ -7,17 +7,17 @@ or ``MC_CA_BUNDLE``); nothing here touches the machine's trust store.
 from __future__ import annotations
 
 import ssl
+import tempfile
 import threading
 from functools import lru_cache
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-import tempfile
 
 import trustme
 
 
 @lru_cache(maxsize=1)
-def test_ca() -> "TestCA":
+def test_ca() -> TestCA:
     return TestCA()
 
 
@@ -49,7 +49,7 @@ class HTTPSServer:
         self.url = f"https://localhost:{self.port}"
         self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
-    def start(self) -> "HTTPSServer":
+    def start(self) -> HTTPSServer:
         self._thread.start()
         return self
 

@@ -10,10 +10,11 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable, Optional
+from typing import Any
 
 from tools.azurite import free_port
 
@@ -37,16 +38,16 @@ class Received:
 @dataclass
 class Receiver:
     port: int = field(default_factory=free_port)
-    answer: Callable[["Received"], int] = lambda received: 200
+    answer: Callable[[Received], int] = lambda received: 200
     received: list[Received] = field(default_factory=list)
     arrived: threading.Condition = field(default_factory=threading.Condition)
-    _server: Optional[ThreadingHTTPServer] = None
+    _server: ThreadingHTTPServer | None = None
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/hook"
 
-    def start(self) -> "Receiver":
+    def start(self) -> Receiver:
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -91,8 +92,8 @@ class Receiver:
 class Clock:
     """The webhook dispatcher's clock: starts at the real time, moves only when told."""
 
-    def __init__(self, start: Optional[datetime] = None) -> None:
-        self.now = (start or datetime.now(timezone.utc)).replace(microsecond=0)
+    def __init__(self, start: datetime | None = None) -> None:
+        self.now = (start or datetime.now(UTC)).replace(microsecond=0)
 
     def __call__(self) -> datetime:
         return self.now

@@ -8,7 +8,7 @@ Listing
     (a filtered query can return short pages); only ``nextCursor: null`` means the end. Filters: ``state``
     and ``email`` (the mailbox, compared case-insensitively through the row's ``emailLower``).
 
-Deleting (DESIGN.md invariant 4: readers treat the account row as the truth)
+Deleting (../shared/DESIGN.md, invariant 4: readers treat the account row as the truth)
     The account row is deleted first, under the ETag it was read with (the commit point: from then on the
     account is gone for every reader), then ``signin.unbind`` removes the (credential, account) index row
     and deletes the credential row and its refresh token only when no other account uses them. If that
@@ -34,11 +34,12 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any, Optional
+from typing import Any
 
+from shared.checks import account_id_param
 from shared.core import events
-
-from shared.signin import flow as signin
+from shared.core.links import reauth_link_for
+from shared.errors import Busy, InvalidInput, NotFound
 from shared.schemas import (
     AccountDeleted,
     AccountError,
@@ -46,19 +47,17 @@ from shared.schemas import (
     AccountList,
     AccountListQuery,
     AccountUpdate,
+    FormResponse,
     ReauthRequest,
-    Signer,
+    SignerInfo,
 )
-from shared.errors import ApiError
-from shared.core.links import reauth_link_for
-from shared.storage.keys import signing_key
-from shared.checks import account_id_param
-from shared.schemas import FormResponse
 from shared.settings import Settings
-from shared.signing import BadSignature, Signer as HmacSigner, b64url_decode, b64url_encode
+from shared.signin import flow as signin
+from shared.signing import BadSignature, Signer, b64url_decode, b64url_encode
+from shared.storage.keys import signing_key
 from shared.storage.tables import accounts
-from shared.storage.tables import apps as app_table
 from shared.storage.tables.accounts import AUTH_ERROR, Account
+from shared.storage.tables.concurrency import ConcurrentChange, change_row
 from shared.storage.tables.records import utcnow
 
 log = logging.getLogger("mailbox_connect.accounts")
@@ -76,7 +75,7 @@ def info(account: Account) -> AccountInfo:
     meta = {k: account.meta[k] for k in _META if account.meta.get(k) is not None}
     return AccountInfo(
         account=account.account, name=account.name, email=account.email, delegated=account.delegated,
-        signer=Signer(upn=account.signerUpn, tenant=account.signerTid, name=account.signerName),
+        signer=SignerInfo(upn=account.signerUpn, tenant=account.signerTid, name=account.signerName),
         app=account.appId, state=account.state, lastError=last_error, created=account.created,
         updated=account.updated, **meta,
     )
@@ -85,14 +84,14 @@ def info(account: Account) -> AccountInfo:
 def _get(account_id: str) -> Account:
     account = accounts.get_account(account_id_param(account_id))
     if account is None:
-        raise ApiError(404, "not_found", f"no account with id {account_id!r}")
+        raise NotFound(f"no account with id {account_id!r}")
     return account
 
 
 # --- cursors ------------------------------------------------------------------------------------------
 
-def _cursor_signer(settings: Settings) -> HmacSigner:
-    return HmacSigner(signing_key(settings), "cursor")
+def _cursor_signer(settings: Settings) -> Signer:
+    return Signer(signing_key(settings), "cursor")
 
 
 def encode_cursor(continuation: dict[str, Any], settings: Settings) -> str:
@@ -101,12 +100,12 @@ def encode_cursor(continuation: dict[str, Any], settings: Settings) -> str:
     return f"{data}.{_cursor_signer(settings).signature(data)}"
 
 
-def _bad_cursor() -> ApiError:
-    return ApiError(400, "invalid_cursor", "cursor is not a nextCursor of this service (or it expired); "
-                                           "list again without it", field="cursor")
+def _bad_cursor() -> InvalidInput:
+    return InvalidInput("cursor is not a nextCursor of this service (or it expired); list again without it",
+                        field="cursor", code="invalid_cursor")
 
 
-def decode_cursor(cursor: str, settings: Settings) -> dict[str, Optional[str]]:
+def decode_cursor(cursor: str, settings: Settings) -> dict[str, str | None]:
     bad = _bad_cursor()
     data, _, sig = cursor.partition(".")
     try:
@@ -122,8 +121,9 @@ def decode_cursor(cursor: str, settings: Settings) -> dict[str, Optional[str]]:
 
 # --- operations ---------------------------------------------------------------------------------------
 
-def _filter(query: AccountListQuery) -> tuple[Optional[str], dict[str, Any]]:
-    clauses, params = [], {}
+def _filter(query: AccountListQuery) -> tuple[str | None, dict[str, Any]]:
+    clauses: list[str] = []
+    params: dict[str, Any] = {}
     if query.state:
         clauses.append("state eq @state")
         params["state"] = query.state
@@ -156,24 +156,25 @@ def get_account(account_id: str) -> AccountInfo:
 
 
 def update_account(account_id: str, body: AccountUpdate) -> AccountInfo:
-    for _ in range(8):
-        current = _get(account_id)
-        updated = current.model_copy(update={"name": body.name, "updated": utcnow()})
-        if accounts.replace_account(updated):
-            return info(updated)
-    raise ApiError(503, "unavailable", "the account is being changed concurrently; retry", headers={"Retry-After": "1"})
+    try:
+        updated = change_row(lambda: _get(account_id),
+                             lambda current: current.model_copy(update={"name": body.name, "updated": utcnow()}),
+                             accounts.replace_account)
+    except ConcurrentChange:
+        raise Busy("the account is being changed concurrently; retry", retry_after=1) from None
+    assert updated is not None  # the change always writes
+    return info(updated)
 
 
 def delete_account(account_id: str, settings: Settings) -> AccountDeleted:
-    for _ in range(8):
-        current = _get(account_id)
-        deleted = [events.account_deleted(current)]  # written with the deletion, in one transaction
-        if accounts.delete_account(current, deleted):
-            events.publish(deleted)
-            break
-    else:
-        raise ApiError(503, "unavailable", "the account is being changed concurrently; retry",
-                       headers={"Retry-After": "1"})
+    try:  # the accountDeleted event is written with the deletion, in one transaction
+        written = change_row(lambda: _get(account_id), lambda current: (current, [events.account_deleted(current)]),
+                             lambda deletion: accounts.delete_account(*deletion))
+    except ConcurrentChange:
+        raise Busy("the account is being changed concurrently; retry", retry_after=1) from None
+    assert written is not None  # the change always writes
+    current, deleted = written
+    events.publish(deleted)
     try:
         signin.unbind(current.credentialId, current.account, settings)
     except Exception:  # noqa: BLE001 - the account is deleted (commit point); clean-up is best effort

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import re
 
+from shared.errors import InvalidInput, NotFound
 from shared.schemas import ID_PATTERN, ApiTokenCreate, ApiTokenCreated, ApiTokenDeleted, ApiTokenInfo, ApiTokenList
-from shared.errors import ApiError
 from shared.storage.tables import apitokens
 from shared.storage.tables.apitokens import ApiToken
 
@@ -23,7 +23,7 @@ def _info(record: ApiToken) -> ApiTokenInfo:
 
 def check_token_id(value: str | None) -> str:
     if not value or not re.match(ID_PATTERN, value):
-        raise ApiError(400, "invalid_input", "id: not a valid API token id", field="id")
+        raise InvalidInput("id: not a valid API token id", field="id")
     return value
 
 
@@ -39,5 +39,5 @@ def list_tokens() -> ApiTokenList:
 
 def revoke_token(token_id: str) -> ApiTokenDeleted:
     if not apitokens.revoke_token(check_token_id(token_id)):
-        raise ApiError(404, "not_found", f"no API token with id {token_id!r}")
+        raise NotFound(f"no API token with id {token_id!r}")
     return ApiTokenDeleted(id=token_id)

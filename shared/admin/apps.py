@@ -22,14 +22,15 @@ from __future__ import annotations
 import logging
 import re
 
-from shared.schemas import ID_PATTERN, OAuthAppCreate, OAuthAppDeleted, OAuthAppInfo, OAuthAppList, OAuthAppUpdate
-from shared.errors import ApiError
 from shared.core.apps import forget_client_secret
-from shared.storage.secrets.factory import get_secret_store
+from shared.errors import Busy, Conflict, InvalidInput, NotFound
+from shared.schemas import ID_PATTERN, OAuthAppCreate, OAuthAppDeleted, OAuthAppInfo, OAuthAppList, OAuthAppUpdate
 from shared.settings import Settings
+from shared.storage.secrets.factory import get_secret_store
 from shared.storage.tables import accounts
 from shared.storage.tables import apps as app_table
 from shared.storage.tables.apps import OAuthApp
+from shared.storage.tables.concurrency import ConcurrentChange, change_row
 from shared.storage.tables.records import utcnow
 
 log = logging.getLogger("mailbox_connect.apps")
@@ -45,14 +46,14 @@ def info(app: OAuthApp, settings: Settings) -> OAuthAppInfo:
 
 def check_app_id(value: str | None) -> str:
     if not value or not re.match(ID_PATTERN, value):
-        raise ApiError(400, "invalid_input", "app: not a valid OAuth app id", field="app")
+        raise InvalidInput("app: not a valid OAuth app id", field="app")
     return value
 
 
 def _get(app_id: str) -> OAuthApp:
     app = app_table.get_app(check_app_id(app_id), fresh=True)
     if app is None:
-        raise ApiError(404, "not_found", f"no OAuth app with id {app_id!r}")
+        raise NotFound(f"no OAuth app with id {app_id!r}")
     return app
 
 
@@ -71,7 +72,8 @@ def create_app(body: OAuthAppCreate, settings: Settings) -> OAuthAppInfo:
 
 
 def list_apps(settings: Settings) -> OAuthAppList:
-    return OAuthAppList(apps=[info(a, settings) for a in sorted(app_table.list_apps(), key=lambda a: (a.created, a.id))])
+    apps = sorted(app_table.list_apps(), key=lambda a: (a.created, a.id))
+    return OAuthAppList(apps=[info(a, settings) for a in apps])
 
 
 def get_app(app_id: str, settings: Settings) -> OAuthAppInfo:
@@ -81,26 +83,30 @@ def get_app(app_id: str, settings: Settings) -> OAuthAppInfo:
 def update_app(app_id: str, body: OAuthAppUpdate, settings: Settings) -> OAuthAppInfo:
     changes = {name: getattr(body, name) for name in body.model_fields_set if name != "clientSecret"}
     secret_written = False
-    for _ in range(8):
-        current = _get(app_id)
-        if "clientSecret" in body.model_fields_set and not secret_written:
+
+    def change(current: OAuthApp) -> OAuthApp:
+        nonlocal secret_written
+        if "clientSecret" in body.model_fields_set and not secret_written:  # once, before the first write
             get_secret_store(settings).set(current.secretName, body.clientSecret)
             forget_client_secret(current.id)
             secret_written = True
-        updated = current.model_copy(update={**changes, "updated": utcnow()})
-        if app_table.replace_app(updated):
-            forget_client_secret(current.id)
-            log.info("OAuth app %s updated (%s)", app_id, ", ".join(sorted(body.model_fields_set)) or "nothing")
-            return info(updated, settings)
-    raise ApiError(503, "unavailable", "the OAuth app is being changed concurrently; retry",
-                   headers={"Retry-After": "1"})
+        return current.model_copy(update={**changes, "updated": utcnow()})
+
+    try:
+        updated = change_row(lambda: _get(app_id), change, app_table.replace_app)
+    except ConcurrentChange:
+        raise Busy("the OAuth app is being changed concurrently; retry", retry_after=1) from None
+    assert updated is not None  # the change always writes
+    forget_client_secret(updated.id)
+    log.info("OAuth app %s updated (%s)", app_id, ", ".join(sorted(body.model_fields_set)) or "nothing")
+    return info(updated, settings)
 
 
 def delete_app(app_id: str, settings: Settings) -> OAuthAppDeleted:
     app = _get(app_id)
     used_by = accounts.first_account_of_app(app.id)
     if used_by is not None:
-        raise ApiError(409, "app_in_use",
+        raise Conflict("app_in_use",
                        f"accounts still use this OAuth app (for example {used_by!r}); delete those accounts or "
                        "disable the app (PUT with \"enabled\": false) instead")
     app_table.delete_app(app.id)

@@ -54,8 +54,9 @@ import logging
 import re
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Optional
+from typing import TYPE_CHECKING
 
 from shared.errors import unavailable
 from shared.settings import Settings, get_settings
@@ -97,13 +98,13 @@ class _Entry:
     """One cached read: the secret (None: absent or malformed) or a failure's Retry-After, until when."""
 
     settings: Settings
-    secret: Optional[BootstrapSecret]
-    retry_after: Optional[int]
+    secret: BootstrapSecret | None
+    retry_after: int | None
     until: float
 
 
 _lock = threading.Lock()
-_cached: Optional[_Entry] = None
+_cached: _Entry | None = None
 
 
 def hash_bootstrap_token(token: str) -> str:
@@ -122,7 +123,7 @@ def is_bootstrap_token(token: str) -> bool:
     return isinstance(token, str) and _TOKEN.fullmatch(token) is not None
 
 
-def parse_secret_value(value: str) -> Optional[BootstrapSecret]:
+def parse_secret_value(value: str) -> BootstrapSecret | None:
     """The secret, or None when the value is not exactly the documented format."""
     match = _VALUE.fullmatch(value) if isinstance(value, str) else None
     if match is None:
@@ -130,7 +131,7 @@ def parse_secret_value(value: str) -> Optional[BootstrapSecret]:
     return BootstrapSecret(expires_at=int(match.group(1)), token_hash=match.group(2))
 
 
-def authenticate(token: str, settings: Optional[Settings] = None) -> Optional["ApiToken"]:
+def authenticate(token: str, settings: Settings | None = None) -> ApiToken | None:
     """The bootstrap's admin-only token record, or None (answered as an unknown token: 401).
 
     Raises a 503 :class:`shared.errors.ApiError` when the secret store cannot be read.
@@ -159,7 +160,7 @@ def reset_cache() -> None:
         _cached = None
 
 
-def _read_secret(settings: Settings) -> Optional[BootstrapSecret]:
+def _read_secret(settings: Settings) -> BootstrapSecret | None:
     """The cached secret, read at most once per period and instance; a cached failure raises again."""
     global _cached
     with _lock:
@@ -195,12 +196,12 @@ def _load(settings: Settings) -> _Entry:
     return _Entry(settings, secret, None, started + CACHE_SECONDS)
 
 
-def _failure(settings: Settings, started: float, retry_after: Optional[int]) -> _Entry:
+def _failure(settings: Settings, started: float, retry_after: int | None) -> _Entry:
     seconds = max(1, int(retry_after or FAILURE_SECONDS))
     return _Entry(settings, None, seconds, started + min(float(seconds), FAILURE_SECONDS))
 
 
-def _bootstrap_record() -> "ApiToken":
+def _bootstrap_record() -> ApiToken:
     from shared.storage.tables.apitokens import ApiToken
     from shared.storage.tables.records import utcnow
 

@@ -3,7 +3,6 @@ which also builds the re-authentication links of ``POST /v1/account/{account}/re
 
 from __future__ import annotations
 
-
 from shared.core.links import build_link
 from shared.schemas import FormRequest, FormResponse
 from shared.settings import Settings

@@ -5,9 +5,8 @@ from __future__ import annotations
 import logging
 import re
 import secrets
-from typing import Optional
 
-from shared.errors import ApiError
+from shared.errors import Conflict, InvalidInput, NotFound
 from shared.schemas import (
     DEAD_LETTER_ID_PATTERN,
     WEBHOOK_ID_PATTERN,
@@ -35,7 +34,7 @@ log = logging.getLogger("mailbox_connect.webhooks")
 
 def _info(target: Target) -> WebhookInfo:
     return WebhookInfo(id=target.id, url=target.url, events=list(target.events), description=target.description,
-                       source=target.source, created=target.created)  # type: ignore[arg-type]
+                       source=target.source, created=target.created)
 
 
 def create_webhook(body: WebhookCreate, settings: Settings) -> WebhookCreated:
@@ -54,14 +53,14 @@ def list_webhooks(settings: Settings) -> WebhookList:
     return WebhookList(webhooks=[_info(t) for t in all_targets(settings)])
 
 
-def delete_webhook(webhook_id: Optional[str], settings: Settings) -> WebhookDeleted:
+def delete_webhook(webhook_id: str | None, settings: Settings) -> WebhookDeleted:
     webhook_id = webhook_id or ""
     if any(t.id == webhook_id for t in settings_targets(settings)):
-        raise ApiError(409, "configured_in_settings", "this webhook comes from MC_WEBHOOK_URLS; change the "
-                                                      "setting to remove it")
+        raise Conflict("configured_in_settings", "this webhook comes from MC_WEBHOOK_URLS; change the "
+                                                 "setting to remove it")
     row = webhooks.get_webhook(webhook_id) if _valid_id(webhook_id) else None
     if row is None:
-        raise ApiError(404, "not_found", f"no webhook with id {webhook_id!r}")
+        raise NotFound(f"no webhook with id {webhook_id!r}")
     webhooks.delete_webhook(row.id)  # the commit point: from now on nothing is sent to it
     for delivery in deliveries.of_target(row.id):
         deliveries.delete(delivery)
@@ -80,7 +79,7 @@ def _valid_id(webhook_id: str) -> bool:
 
 def _dead_letter(row: Delivery) -> DeadLetter:
     return DeadLetter(id=f"{row.target}.{row.eventId}", webhook=row.target, eventId=row.eventId,
-                      event=row.event, account=row.account, attempts=row.attempts, created=row.created,  # type: ignore[arg-type]
+                      event=row.event, account=row.account, attempts=row.attempts, created=row.created,
                       lastAttemptAt=row.lastAttemptAt, lastStatus=row.lastStatus, lastError=row.lastError,
                       deadAt=row.deadAt)
 
@@ -90,31 +89,31 @@ def list_dead_letters() -> DeadLetterList:
     return DeadLetterList(deadLetters=[_dead_letter(r) for r in rows])
 
 
-def _get_dead(dead_letter_id: Optional[str]) -> Delivery:
+def _get_dead(dead_letter_id: str | None) -> Delivery:
     if not dead_letter_id or not re.match(DEAD_LETTER_ID_PATTERN, dead_letter_id):
-        raise ApiError(400, "invalid_input", "id: not a dead letter id (<webhook id>.<event id>)", field="id")
+        raise InvalidInput("id: not a dead letter id (<webhook id>.<event id>)", field="id")
     target, _, event_id = dead_letter_id.partition(".")
     row = deliveries.get(target, event_id)
     if row is None or row.status != DEAD:
-        raise ApiError(404, "not_found", f"no dead letter with id {dead_letter_id!r}")
+        raise NotFound(f"no dead letter with id {dead_letter_id!r}")
     return row
 
 
-def resend_dead_letter(dead_letter_id: Optional[str], settings: Settings, clock: Clock = utcnow) -> DeadLetterResent:
+def resend_dead_letter(dead_letter_id: str | None, settings: Settings, clock: Clock = utcnow) -> DeadLetterResent:
     row = _get_dead(dead_letter_id)
     if not any(t.id == row.target for t in all_targets(settings)):
-        raise ApiError(409, "webhook_gone", "the webhook of this dead letter no longer exists")
+        raise Conflict("webhook_gone", "the webhook of this dead letter no longer exists")
     now = clock()
     resent = deliveries.replace(row.model_copy(update={
         "status": PENDING, "attempts": 0, "created": now, "nextAttemptAt": now, "deadAt": None, "claimedUntil": None,
     }))
     if resent is None:
-        raise ApiError(409, "conflict", "the dead letter changed meanwhile; list again")
+        raise Conflict("conflict", "the dead letter changed meanwhile; list again")
     log.info("webhook %s: dead letter %s queued again", row.target, row.eventId)
     return DeadLetterResent(id=f"{row.target}.{row.eventId}", nextAttemptAt=now)
 
 
-def discard_dead_letter(dead_letter_id: Optional[str]) -> DeadLetterDeleted:
+def discard_dead_letter(dead_letter_id: str | None) -> DeadLetterDeleted:
     row = _get_dead(dead_letter_id)
     deliveries.delete(row)
     return DeadLetterDeleted(id=f"{row.target}.{row.eventId}")

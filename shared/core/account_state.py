@@ -9,11 +9,12 @@ ETag, re-read on conflict, and only while the account is still bound to the cred
 from __future__ import annotations
 
 import logging
-from typing import Callable, Optional
+from collections.abc import Callable
 
 from shared.core import events
 from shared.storage.tables import accounts, principals
 from shared.storage.tables.accounts import AUTH_ERROR, CONNECTED, Account
+from shared.storage.tables.concurrency import ConcurrentChange, change_row
 from shared.storage.tables.outbox import EventRow
 from shared.storage.tables.records import utcnow
 
@@ -25,7 +26,7 @@ def mark_reauthentication_required(credential_id: str, code: str, description: s
     """Set ``authenticationError`` on every account of the credential; returns how many rows changed."""
     now = utcnow()
 
-    def change(account: Account) -> Optional[Account]:
+    def change(account: Account) -> Account | None:
         if account.state == AUTH_ERROR and account.errorCode == code:
             return None  # already marked: keep the first errorAt
         return account.model_copy(update={
@@ -36,7 +37,7 @@ def mark_reauthentication_required(credential_id: str, code: str, description: s
 
     ids = list(dict.fromkeys([*principals.account_ids(credential_id), *also]))
 
-    def event(before: Account, after: Account) -> Optional[EventRow]:
+    def event(before: Account, after: Account) -> EventRow | None:
         # Once per account, on the transition: a credential failing again and again sends nothing new.
         return None if before.state == AUTH_ERROR else events.authentication_error(after, code, description, ids)
 
@@ -54,7 +55,7 @@ def mark_connected(credential_id: str) -> int:
     """
     now = utcnow()
 
-    def change(account: Account) -> Optional[Account]:
+    def change(account: Account) -> Account | None:
         if account.state != AUTH_ERROR:
             return None
         return account.model_copy(update={"state": CONNECTED, "errorCode": None, "errorDescription": None,
@@ -72,24 +73,29 @@ def mark_connected(credential_id: str) -> int:
         return 0
 
 
-def update_account(account_id: str, credential_id: str, change: Callable[[Account], Optional[Account]],
-            event: Optional[Callable[[Account, Account], Optional[EventRow]]] = None) -> bool:
+def update_account(account_id: str, credential_id: str, change: Callable[[Account], Account | None],
+            event: Callable[[Account, Account], EventRow | None] | None = None) -> bool:
     """Apply ``change`` to the account row under its ETag, re-reading on conflict; False when unchanged.
 
     ``event(before, after)`` may return the webhook event of the change: it is written in the same
     transaction as the row (``shared.core.events``) and published after it.
     """
-    for _ in range(8):
-        account = accounts.get_account(account_id)
+    def changed(account: Account | None) -> tuple[Account, list[EventRow]] | None:
         if account is None or account.credentialId != credential_id:
-            return False  # deleted, or re-bound to another signer: not this credential's business
+            return None  # deleted, or re-bound to another signer: not this credential's business
         updated = change(account)
         if updated is None:
-            return False
+            return None
         updated.etag = account.etag
-        produced = [e for e in [event(account, updated) if event else None] if e is not None]
-        if accounts.replace_account(updated, produced):
-            events.publish(produced)
-            return True
-    log.warning("account %s kept changing; its state was not updated", account_id)
-    return False
+        return updated, [e for e in [event(account, updated) if event else None] if e is not None]
+
+    try:
+        written = change_row(lambda: accounts.get_account(account_id), changed,
+                             lambda row: accounts.replace_account(*row))
+    except ConcurrentChange:
+        log.warning("account %s kept changing; its state was not updated", account_id)
+        return False
+    if written is None:
+        return False
+    events.publish(written[1])
+    return True

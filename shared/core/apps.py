@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Optional
+from typing import get_args
 
-from shared.errors import ApiError
-from shared.storage.secrets.factory import get_secret_store
+from shared.clouds import CLOUDS, BaseScopes, Cloud
+from shared.errors import InvalidInput
 from shared.settings import Settings
+from shared.storage.secrets.factory import get_secret_store
 from shared.storage.tables import apps as app_table
 from shared.storage.tables.apps import OAuthApp
 
@@ -18,21 +19,21 @@ _lock = threading.Lock()
 _secrets: dict[tuple[str, str], tuple[float, str]] = {}
 
 
-def resolve_app(app_id: Optional[str]) -> OAuthApp:
+def resolve_app(app_id: str | None) -> OAuthApp:
     """The enabled app a form names, or the only enabled app when it names none."""
     if app_id:
         app = app_table.get_app(app_id)
         if app is None:
-            raise ApiError(400, "unknown_app", f"no OAuth app with id {app_id!r}", field="type")
+            raise InvalidInput(f"no OAuth app with id {app_id!r}", field="type", code="unknown_app")
         if not app.enabled:
-            raise ApiError(400, "app_disabled", f"the OAuth app {app_id!r} is disabled", field="type")
+            raise InvalidInput(f"the OAuth app {app_id!r} is disabled", field="type", code="app_disabled")
         return app
     enabled = [a for a in app_table.list_apps() if a.enabled]
     if len(enabled) == 1:
         return enabled[0]
     if not enabled:
-        raise ApiError(400, "no_app", "no OAuth app is configured; register one first", field="type")
-    raise ApiError(400, "app_required", "several OAuth apps are enabled; name one in type", field="type")
+        raise InvalidInput("no OAuth app is configured; register one first", field="type", code="no_app")
+    raise InvalidInput("several OAuth apps are enabled; name one in type", field="type", code="app_required")
 
 
 def client_secret(app: OAuthApp, settings: Settings) -> str:
@@ -56,16 +57,17 @@ def forget_client_secret(app_id: str) -> None:
 
 
 def register_app(*, name: str, client_id: str, client_secret_value: str, authority: str = "organizations",
-                 cloud: str = "global", base_scopes: str = "imap", extra_scopes: tuple[str, ...] = (),
+                 cloud: Cloud = "global", base_scopes: BaseScopes = "imap", extra_scopes: tuple[str, ...] = (),
                  settings: Settings) -> OAuthApp:
-    """Secret first, then the row (the commit point): a crash in between leaves only an unused secret."""
-    from shared.clouds import CLOUDS
+    """Secret first, then the row (the commit point): a crash in between leaves only an unused secret.
+
+    ``cloud`` and ``base_scopes`` are checked again here: the CLI and scripts pass strings."""
     from shared.storage.tables.records import utcnow
 
     if cloud not in CLOUDS:
         raise ValueError(f"cloud must be one of {', '.join(CLOUDS)}")
-    if base_scopes not in ("imap", "api"):
-        raise ValueError("base scopes must be imap or api")
+    if base_scopes not in get_args(BaseScopes):
+        raise ValueError(f"base scopes must be one of {', '.join(get_args(BaseScopes))}")
     if not client_id or not client_secret_value:
         raise ValueError("client id and client secret are required")
     app_id = app_table.new_app_id()

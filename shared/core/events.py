@@ -30,8 +30,10 @@ Events (``event``; names as EmailEngine's where it has the event):
 from __future__ import annotations
 
 import logging
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any, Final, get_args
 
+from shared.schemas import EventType
 from shared.storage.tables import outbox
 from shared.storage.tables.accounts import Account
 from shared.storage.tables.outbox import EventRow, new_event_id
@@ -39,14 +41,14 @@ from shared.storage.tables.records import utcnow
 
 log = logging.getLogger("mailbox_connect.events")
 
-ACCOUNT_ADDED = "accountAdded"
-AUTHENTICATION_SUCCESS = "authenticationSuccess"
-AUTHENTICATION_ERROR = "authenticationError"
-ACCOUNT_DELETED = "accountDeleted"
-EVENT_TYPES = (ACCOUNT_ADDED, AUTHENTICATION_SUCCESS, AUTHENTICATION_ERROR, ACCOUNT_DELETED)
+ACCOUNT_ADDED: Final[EventType] = "accountAdded"
+AUTHENTICATION_SUCCESS: Final[EventType] = "authenticationSuccess"
+AUTHENTICATION_ERROR: Final[EventType] = "authenticationError"
+ACCOUNT_DELETED: Final[EventType] = "accountDeleted"
+EVENT_TYPES: tuple[EventType, ...] = get_args(EventType)
 
 
-def _event(kind: str, account_id: str, data: dict[str, Any]) -> EventRow:
+def _event(kind: EventType, account_id: str, data: dict[str, Any]) -> EventRow:
     return EventRow(id=new_event_id(), event=kind, account=account_id, date=utcnow(), data=data)
 
 
@@ -61,7 +63,7 @@ def account_added(account: Account) -> EventRow:
     })
 
 
-def authentication_success(account: Account, *, reason: str, state: Optional[str] = None,
+def authentication_success(account: Account, *, reason: str, state: str | None = None,
                            repaired: bool = False) -> EventRow:
     data: dict[str, Any] = {"user": account.email, "reason": reason, "repaired": repaired,
                             "delegated": account.delegated, "signer": _signer(account)}

@@ -9,15 +9,15 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from datetime import datetime, timezone
-from typing import Any, Optional
+from datetime import UTC, datetime
+from typing import Any
 from urllib.parse import urlencode
 
 from pydantic import ValidationError
 
 from shared.checks import InvalidRedirect, validate_redirect_url
 from shared.core.apps import resolve_app
-from shared.errors import ApiError
+from shared.errors import Conflict, InvalidInput
 from shared.schemas import FormResponse, LinkData
 from shared.settings import Settings
 from shared.signing import BadSignature, Signer, b64url_decode, b64url_encode
@@ -54,7 +54,7 @@ def link_url(link: LinkData, settings: Settings) -> str:
     return f"{settings.public_url}/accounts/new?{urlencode({'data': data, 'sig': sig})}"
 
 
-def decode(data: Optional[str], sig: Optional[str], settings: Settings, now: Optional[float] = None) -> LinkData:
+def decode(data: str | None, sig: str | None, settings: Settings, now: float | None = None) -> LinkData:
     """Verify first (constant time), parse second, then check expiry."""
     if not data or not sig or len(data) > MAX_DATA_LENGTH or len(sig) > 128:
         raise LinkError("invalid")
@@ -70,11 +70,11 @@ def decode(data: Optional[str], sig: Optional[str], settings: Settings, now: Opt
 
 # --- building links (the form, re-authentication) ---------------------------------------------------------
 
-def build_link(settings: Settings, *, redirect_url: str, app_id: Optional[str], expires_in: Optional[int] = None,
-               account: Optional[str] = None, name: Optional[str] = None, email: Optional[str] = None,
-               delegated: bool = False, expected_email: Optional[str] = None,
-               meta: Optional[dict[str, Any]] = None, login_hint: Optional[str] = None,
-               domain_hint: Optional[str] = None) -> FormResponse:
+def build_link(settings: Settings, *, redirect_url: str, app_id: str | None, expires_in: int | None = None,
+               account: str | None = None, name: str | None = None, email: str | None = None,
+               delegated: bool = False, expected_email: str | None = None,
+               meta: dict[str, Any] | None = None, login_hint: str | None = None,
+               domain_hint: str | None = None) -> FormResponse:
     """Validate the redirect URL and the lifetime, resolve the app, sign the link.
 
     ``login_hint``/``domain_hint`` are only set by re-authentication links (the current signer, never a
@@ -83,11 +83,10 @@ def build_link(settings: Settings, *, redirect_url: str, app_id: Optional[str], 
     try:
         validate_redirect_url(redirect_url, settings.redirect_origins)
     except InvalidRedirect as exc:
-        raise ApiError(400, "invalid_redirect_url", str(exc), field="redirectUrl") from None
+        raise InvalidInput(str(exc), field="redirectUrl", code="invalid_redirect_url") from None
     ttl = expires_in or settings.link_ttl_seconds
     if ttl > settings.link_max_ttl_seconds:
-        raise ApiError(400, "invalid_input", f"expiresIn: at most {settings.link_max_ttl_seconds} seconds",
-                       field="expiresIn")
+        raise InvalidInput(f"expiresIn: at most {settings.link_max_ttl_seconds} seconds", field="expiresIn")
     app = resolve_app(app_id)
     now = int(time.time())
     link = LinkData(
@@ -96,18 +95,18 @@ def build_link(settings: Settings, *, redirect_url: str, app_id: Optional[str], 
         loginHint=login_hint, domainHint=domain_hint,
         nonce=new_nonce(), iat=now, exp=now + ttl,
     )
-    expires = datetime.fromtimestamp(link.exp, timezone.utc).isoformat().replace("+00:00", "Z")
+    expires = datetime.fromtimestamp(link.exp, UTC).isoformat().replace("+00:00", "Z")
     return FormResponse(url=link_url(link, settings), expires=expires)
 
 
-def reauth_link_for(account: Account, redirect_url: str, expires_in: Optional[int], settings: Settings) -> FormResponse:
+def reauth_link_for(account: Account, redirect_url: str, expires_in: int | None, settings: Settings) -> FormResponse:
     """The re-authentication link of ``account`` (also put into ``authenticationError`` webhooks)."""
     app = app_table.get_app(account.appId)
     if app is None:
-        raise ApiError(409, "app_unavailable", "the account's OAuth app was deleted; connect the mailbox again "
-                                               "with another app (POST /v1/authentication/form)")
+        raise Conflict("app_unavailable", "the account's OAuth app was deleted; connect the mailbox again "
+                                          "with another app (POST /v1/authentication/form)")
     if not app.enabled:
-        raise ApiError(409, "app_disabled", f"the account's OAuth app {app.id!r} is disabled; enable it first")
+        raise Conflict("app_disabled", f"the account's OAuth app {app.id!r} is disabled; enable it first")
     return build_link(
         settings, redirect_url=redirect_url, app_id=app.id, expires_in=expires_in,
         account=account.account, name=account.name, email=account.email, delegated=account.delegated,

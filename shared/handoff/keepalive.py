@@ -32,13 +32,13 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Callable, Optional
 
 from shared.errors import ApiError
-from shared.storage.secrets.base import SecretStoreUnavailable
 from shared.settings import Settings
+from shared.storage.secrets.base import SecretStoreUnavailable
 from shared.storage.tables import principals
 from shared.storage.tables.records import utcnow
 
@@ -53,7 +53,7 @@ class KeepAliveReport:
     revoked: list[str] = field(default_factory=list)  # needs a new sign-in (reported now, skipped from now on)
     failed: list[str] = field(default_factory=list)  # refused for another reason, or no account/app; retried
     skipped: int = 0  # stale, but already known to need a sign-in
-    stopped: Optional[str] = None  # why the run stopped early (throttling, outage, quota, time)
+    stopped: str | None = None  # why the run stopped early (throttling, outage, quota, time)
 
     def as_dict(self) -> dict:
         return {"refreshed": len(self.refreshed), "revoked": len(self.revoked), "failed": len(self.failed),
@@ -61,7 +61,7 @@ class KeepAliveReport:
 
 
 def run_keepalive(settings: Settings, *, clock: Callable[[], datetime] = utcnow,
-                  max_per_run: Optional[int] = None, budget: float = RUN_BUDGET) -> KeepAliveReport:
+                  max_per_run: int | None = None, budget: float = RUN_BUDGET) -> KeepAliveReport:
     from shared.handoff.tokens import ReauthenticationRequired, TokenRefused, keep_alive
 
     report = KeepAliveReport()

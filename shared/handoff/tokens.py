@@ -68,27 +68,26 @@ import logging
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
-from typing import Any, Callable, Iterator, Optional
+from datetime import UTC, datetime, timedelta
+from typing import Any
 from urllib.parse import quote, urlsplit
 
-from shared.core import account_state
-
-from shared.microsoft import identity
-from shared.schemas import GraphSettings, ImapSettings, OAuthTokenResponse, SmtpSettings
 from shared.clouds import CLOUDS, RESERVED_SCOPES, scopes_for
-from shared.errors import ApiError, unavailable
-from shared.microsoft.identity import IdentityError, IdentityUnavailable
+from shared.core import account_state
 from shared.core.apps import client_secret, forget_client_secret
+from shared.errors import BadGateway, Conflict, NotFound, unavailable
+from shared.microsoft import identity
+from shared.microsoft.identity import IdentityError, IdentityUnavailable
+from shared.schemas import GraphSettings, ImapSettings, OAuthTokenResponse, SmtpSettings
+from shared.settings import Settings
 from shared.storage.secrets.base import SecretNotFound
 from shared.storage.secrets.factory import get_secret_store
-from shared.settings import Settings
 from shared.storage.tables import accounts, apps, principals
 from shared.storage.tables.accounts import AUTH_ERROR, CONNECTED, Account
 from shared.storage.tables.apps import OAuthApp
-from shared.storage.tables.outbox import EventRow
 from shared.storage.tables.principals import Credential
 from shared.storage.tables.records import utcnow
 
@@ -106,11 +105,11 @@ _OIDC = frozenset(RESERVED_SCOPES) | {"email"}
 
 # --- errors -------------------------------------------------------------------------------------------
 
-class ReauthenticationRequired(ApiError):
+class ReauthenticationRequired(Conflict):
     """409: only a new sign-in of the user can repair the account's credential."""
 
     def __init__(self, account_id: str, code: str, description: str) -> None:
-        super().__init__(409, "reauthentication_required",
+        super().__init__("reauthentication_required",
                          "the mailbox's Microsoft sign-in is no longer valid; send the user through a new sign-in "
                          "link for this account (POST /v1/authentication/form with this account id), then retry")
         self.account = account_id
@@ -122,11 +121,11 @@ class ReauthenticationRequired(ApiError):
                 "errorCode": self.error_code, "errorDescription": self.error_description}
 
 
-class TokenRefused(ApiError):
+class TokenRefused(BadGateway):
     """502: Microsoft refused the token request for a reason a new sign-in does not fix (app configuration)."""
 
     def __init__(self, account_id: str, code: str, description: str) -> None:
-        super().__init__(502, "token_refused", f"Microsoft refused the token request ({code}): {description}")
+        super().__init__("token_refused", f"Microsoft refused the token request ({code}): {description}")
         self.account = account_id
         self.error_code = code
 
@@ -146,13 +145,13 @@ class _Cached:
 @dataclass(frozen=True)
 class _Failure:
     at: float  # monotonic
-    etag: Optional[str]  # the credential row's ETag when it failed; a new sign-in changes it
+    etag: str | None  # the credential row's ETag when it failed; a new sign-in changes it
     code: str
     description: str
 
 
 _cache_lock = threading.Lock()
-_cache: "OrderedDict[tuple[str, frozenset[str]], _Cached]" = OrderedDict()
+_cache: OrderedDict[tuple[str, frozenset[str]], _Cached] = OrderedDict()
 _failures: dict[str, _Failure] = {}
 
 
@@ -192,7 +191,7 @@ def reset_token_cache() -> None:
         _failures.clear()
 
 
-def _cached(key: tuple[str, frozenset[str]], now: float) -> Optional[_Cached]:
+def _cached(key: tuple[str, frozenset[str]], now: float) -> _Cached | None:
     with _cache_lock:
         hit = _cache.get(key)
         if hit is None:
@@ -230,7 +229,7 @@ def _remember_failure(credential_id: str, failure: _Failure) -> None:
         _failures[credential_id] = failure
 
 
-def _recent_failure(credential_id: str, etag: Optional[str]) -> Optional[_Failure]:
+def _recent_failure(credential_id: str, etag: str | None) -> _Failure | None:
     with _cache_lock:
         failure = _failures.get(credential_id)
     if failure is None or time.monotonic() - failure.at >= RETRY_BROKEN_AFTER or failure.etag != etag:
@@ -244,11 +243,11 @@ def hand_off(account_id: str, settings: Settings) -> OAuthTokenResponse:
     """A usable access token for the account, and how to use it; raises ``ApiError`` (see module docs)."""
     account = accounts.get_account(account_id)
     if account is None:
-        raise ApiError(404, "not_found", f"no account with id {account_id!r}")
+        raise NotFound(f"no account with id {account_id!r}")
     app = apps.get_app(account.appId)
     if app is None:
-        raise ApiError(409, "app_unavailable", "the OAuth app of this account no longer exists; connect the "
-                                               "mailbox again with another app")
+        raise Conflict("app_unavailable", "the OAuth app of this account no longer exists; connect the "
+                                          "mailbox again with another app")
     scopes = token_scopes(app, account)
     key = (account.credentialId, frozenset(scopes))
     if account.state == CONNECTED:
@@ -362,7 +361,7 @@ def _redeem(app: OAuthApp, settings: Settings, refresh_token: str, scopes: list[
     return identity.refresh(app, client_secret(app, settings), settings, refresh_token, scopes)
 
 
-def _reauthentication(account: Account, cred_id: str, etag: Optional[str], code: str,
+def _reauthentication(account: Account, cred_id: str, etag: str | None, code: str,
                       description: str) -> ReauthenticationRequired:
     """Mark the credential's accounts, remember the failure, and build the 409 for the caller."""
     _forget_credential(cred_id)
@@ -385,12 +384,12 @@ def _resource_scopes(scopes: list[str]) -> set[str]:
     return {_scope_key(s) for s in scopes if s and _scope_key(s) not in _OIDC}
 
 
-def rotation_due(credential: Credential, granted: list[str], now: Optional[datetime] = None) -> bool:
+def rotation_due(credential: Credential, granted: list[str], now: datetime | None = None) -> bool:
     """Write the newest refresh token? When the stored one is older than a day or new scopes were granted."""
     now = now or utcnow()
     written = credential.tokenWrittenAt
     if written.tzinfo is None:
-        written = written.replace(tzinfo=timezone.utc)
+        written = written.replace(tzinfo=UTC)
     if now - written > ROTATE_AFTER:
         return True
     return bool(_resource_scopes(granted) - _resource_scopes(credential.scopes))
@@ -419,7 +418,7 @@ def _rotate(credential: Credential, refresh_token: str, granted: list[str], sett
 
 # --- account state (shared.core.account_state) --------------------------------------------------------
 
-def _etag_after_flag(credential_id: str, etag: Optional[str]) -> Optional[str]:
+def _etag_after_flag(credential_id: str, etag: str | None) -> str | None:
     """The credential row's ETag after ``flag_broken`` (it keys the remembered failure)."""
     current = principals.get_credential(credential_id)
     return current.etag if current is not None else etag
@@ -435,11 +434,11 @@ def mark_connected(credential_id: str) -> int:
 # --- rendering ----------------------------------------------------------------------------------------
 
 def _response(account: Account, app: OAuthApp, token: _Cached, settings: Settings) -> OAuthTokenResponse:
-    cloud = CLOUDS.get(app.cloud, CLOUDS["global"])
+    cloud = CLOUDS[app.cloud]
     graph = (settings.graph_url or cloud.graph_url).rstrip("/")
     mailbox = account.email
     base_url = f"{graph}/v1.0/users/{quote(mailbox, safe='@')}" if account.delegated else f"{graph}/v1.0/me"
-    expires = datetime.fromtimestamp(token.expires_at, timezone.utc).replace(microsecond=0)
+    expires = datetime.fromtimestamp(token.expires_at, UTC).replace(microsecond=0)
     return OAuthTokenResponse(
         account=account.account,
         user=mailbox,

@@ -41,7 +41,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from shared.clouds import CLOUDS
@@ -75,7 +75,7 @@ class AccessResult:
         return self.outcome == OK
 
 
-def check_mailbox_access(app: "AppRegistration", access_token: str, mailbox: str, signer_upn: str, settings: Settings,
+def check_mailbox_access(app: AppRegistration, access_token: str, mailbox: str, signer_upn: str, settings: Settings,
                          *, delegated: bool = True) -> AccessResult:
     """Check with ``access_token`` (just issued to ``signer_upn``) that ``mailbox`` can be opened.
 
@@ -88,12 +88,11 @@ def check_mailbox_access(app: "AppRegistration", access_token: str, mailbox: str
 
 # --- Graph ------------------------------------------------------------------------------------------
 
-def graph_base(app: "AppRegistration", settings: Settings) -> str:
-    cloud = CLOUDS.get(app.cloud, CLOUDS["global"])
-    return (settings.graph_url or cloud.graph_url).rstrip("/")
+def graph_base(app: AppRegistration, settings: Settings) -> str:
+    return (settings.graph_url or CLOUDS[app.cloud].graph_url).rstrip("/")
 
 
-def _graph(app: "AppRegistration", token: str, mailbox: str, delegated: bool, settings: Settings) -> AccessResult:
+def _graph(app: AppRegistration, token: str, mailbox: str, delegated: bool, settings: Settings) -> AccessResult:
     import requests
 
     target = f"users/{quote(mailbox, safe='@')}" if delegated else "me"
@@ -116,7 +115,7 @@ def _graph(app: "AppRegistration", token: str, mailbox: str, delegated: bool, se
     return AccessResult(UNAVAILABLE, "graph", said)
 
 
-def _graph_error_code(response: "requests.Response") -> str:
+def _graph_error_code(response: requests.Response) -> str:
     try:
         body = response.json()
     except ValueError:
@@ -128,9 +127,9 @@ def _graph_error_code(response: "requests.Response") -> str:
 
 # --- IMAP -------------------------------------------------------------------------------------------
 
-def imap_endpoint(app: "AppRegistration", settings: Settings) -> tuple[str, int]:
+def imap_endpoint(app: AppRegistration, settings: Settings) -> tuple[str, int]:
     """``MC_IMAP_HOST`` (host[:port], ``[v6]:port``) or the app's cloud IMAP host, port 993."""
-    value = settings.imap_host or CLOUDS.get(app.cloud, CLOUDS["global"]).imap_host
+    value = settings.imap_host or CLOUDS[app.cloud].imap_host
     host, port = value, IMAP_PORT
     if value.startswith("["):
         host, _, rest = value[1:].partition("]")
@@ -148,7 +147,7 @@ def xoauth2(user: str, token: str) -> bytes:
 
 
 @lru_cache(maxsize=4)
-def _tls_context(ca_bundle: Optional[str]) -> "ssl.SSLContext":
+def _tls_context(ca_bundle: str | None) -> ssl.SSLContext:
     """Built once per CA bundle: loading the system trust store costs 20-40 ms per sign-in otherwise."""
     import ssl
 
@@ -158,7 +157,7 @@ def _tls_context(ca_bundle: Optional[str]) -> "ssl.SSLContext":
     return context
 
 
-def _imap(app: "AppRegistration", token: str, mailbox: str, settings: Settings) -> AccessResult:
+def _imap(app: AppRegistration, token: str, mailbox: str, settings: Settings) -> AccessResult:
     import imaplib
     import ssl
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from shared.clouds import BaseScopes, Cloud
+
 
 class AppRegistration(Protocol):
     @property
@@ -14,7 +16,7 @@ class AppRegistration(Protocol):
     def authority(self) -> str: ...  # common | organizations | consumers | <tenant id or domain>
 
     @property
-    def cloud(self) -> str: ...  # a key of shared.clouds.CLOUDS
+    def cloud(self) -> Cloud: ...
 
     @property
-    def baseScopes(self) -> str: ...  # noqa: N802 - imap | api
+    def baseScopes(self) -> BaseScopes: ...  # noqa: N802 - the stored field's name

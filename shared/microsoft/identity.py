@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any
 
 from shared.clouds import authority_host
 from shared.microsoft.outbound import http_session
@@ -59,17 +59,17 @@ class IdentityUnavailable(Exception):
 @dataclass(frozen=True)
 class Tokens:
     access_token: str
-    refresh_token: Optional[str]
+    refresh_token: str | None
     expires_in: int
     scopes: list[str]
     claims: dict[str, Any]
 
 
-def authority_url(app: "AppRegistration", settings: Settings) -> str:
+def authority_url(app: AppRegistration, settings: Settings) -> str:
     return f"https://{authority_host(app.cloud, settings.authority_host)}/{app.authority}"
 
 
-def _client(app: "AppRegistration", client_secret: str, settings: Settings) -> "msal.ConfidentialClientApplication":
+def _client(app: AppRegistration, client_secret: str, settings: Settings) -> msal.ConfidentialClientApplication:
     import warnings
 
     import msal
@@ -102,8 +102,8 @@ def _is_network(exc: BaseException) -> bool:
                for cls in type(exc).__mro__) or isinstance(exc, (ConnectionError, TimeoutError))
 
 
-def start_flow(app: "AppRegistration", client_secret: str, settings: Settings, scopes: list[str], *,
-               login_hint: Optional[str] = None, domain_hint: Optional[str] = None) -> dict[str, Any]:
+def start_flow(app: AppRegistration, client_secret: str, settings: Settings, scopes: list[str], *,
+               login_hint: str | None = None, domain_hint: str | None = None) -> dict[str, Any]:
     """MSAL's auth-code flow dict (state, nonce, PKCE verifier, ``auth_uri``) for ``prompt=select_account``."""
     client = _client(app, client_secret, settings)
     try:
@@ -117,7 +117,7 @@ def start_flow(app: "AppRegistration", client_secret: str, settings: Settings, s
         raise
 
 
-def redeem_code(app: "AppRegistration", client_secret: str, settings: Settings, flow: dict[str, Any],
+def redeem_code(app: AppRegistration, client_secret: str, settings: Settings, flow: dict[str, Any],
                 auth_response: dict[str, str]) -> Tokens:
     """Redeem the code (MSAL checks state and nonce), then check the id_token claims ourselves."""
     client = _client(app, client_secret, settings)
@@ -134,7 +134,7 @@ def redeem_code(app: "AppRegistration", client_secret: str, settings: Settings, 
     return tokens
 
 
-def refresh(app: "AppRegistration", client_secret: str, settings: Settings, refresh_token: str,
+def refresh(app: AppRegistration, client_secret: str, settings: Settings, refresh_token: str,
             scopes: list[str]) -> Tokens:
     client = _client(app, client_secret, settings)
     try:
@@ -172,7 +172,7 @@ def _first_line(text: Any) -> str:
     return str(text or "").strip().splitlines()[0][:300] if text else ""
 
 
-def validate_claims(claims: dict[str, Any], app: "AppRegistration", settings: Settings, now: Optional[float] = None) -> None:
+def validate_claims(claims: dict[str, Any], app: AppRegistration, settings: Settings, now: float | None = None) -> None:
     """What MSAL does not check: audience, issuer consistent with the tenant and the app's authority, expiry."""
     now = time.time() if now is None else now
     tid, oid = claims.get("tid"), claims.get("oid")

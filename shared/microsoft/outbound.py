@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import threading
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 from shared.settings import Settings
 
@@ -17,10 +17,10 @@ if TYPE_CHECKING:  # pragma: no cover
 
 TIMEOUT = (5, 15)  # connect, read (seconds): MSAL ignores its own ``timeout`` once it is given a session
 _lock = threading.Lock()
-_sessions: dict[Optional[str], "requests.Session"] = {}
+_sessions: dict[str | None, requests.Session] = {}
 
 
-def http_session(settings: Settings) -> "requests.Session":
+def http_session(settings: Settings) -> requests.Session:
     with _lock:
         session = _sessions.get(settings.ca_bundle)
         if session is None:

@@ -1,6 +1,6 @@
 """The hosted sign-in: ``start`` (``GET /accounts/new``) and ``complete`` (``GET /oauth``).
 
-Write order in ``complete`` makes a crash harmless (DESIGN.md, invariant 4): claim the link nonce, write
+Write order in ``complete`` makes a crash harmless (../shared/DESIGN.md, invariant 4): claim the link nonce, write
 the refresh token, the index row and the credential row, then the account row (the commit point), then
 clean up the old binding. A failure before the commit releases the nonce so the same link can be retried.
 
@@ -25,35 +25,37 @@ import random
 import re
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Callable, Optional
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, NamedTuple
 
-from shared.core import events
-
-from shared.core import links as linkcodec
-from shared.microsoft.access_check import DENIED, NOT_FOUND, OK, check_mailbox_access
+from shared.checks import with_query
 from shared.clouds import scopes_for
-from shared.errors import ApiError, is_transient
+from shared.core import events
+from shared.core import links as linkcodec
+from shared.core.apps import client_secret, forget_client_secret
+from shared.errors import Busy, is_transient
+from shared.microsoft.access_check import DENIED, NOT_FOUND, OK, check_mailbox_access
 from shared.microsoft.identity import IdentityError, IdentityUnavailable, Tokens, redeem_code, start_flow
 from shared.schemas import LinkData
-from shared.core.apps import client_secret, forget_client_secret
-from shared.checks import with_query
+from shared.settings import Settings
 from shared.storage.secrets.base import SecretStoreUnavailable
 from shared.storage.secrets.factory import get_secret_store
-from shared.settings import Settings
 from shared.storage.tables import accounts, apps, flows, links, principals
 from shared.storage.tables.accounts import AUTH_ERROR, Account
+from shared.storage.tables.concurrency import ConcurrentChange, change_row
 from shared.storage.tables.flows import PendingFlow
 from shared.storage.tables.principals import Credential
 from shared.storage.tables.records import utcnow
 
 if TYPE_CHECKING:  # pragma: no cover
     from shared.storage.tables.apps import OAuthApp
+    from shared.storage.tables.outbox import EventRow
 
 log = logging.getLogger("mailbox_connect.signin")
 COOKIE_PREFIX = "mc_signin_"
-COMMIT_ATTEMPTS = 16  # writes of the account row before giving up (parallel callbacks for one mailbox)
+COMMIT_ATTEMPTS = 16  # writes of the account row (insert, then replaces) before giving up (parallel callbacks)
 _STATE = re.compile(r"^[A-Za-z0-9_-]{8,128}$")
 
 
@@ -66,8 +68,8 @@ class Redirect:
 class HostedError(Exception):
     """A failure shown on a hosted page because the app's redirectUrl is unknown or must not be trusted."""
 
-    def __init__(self, kind: str, *, mailbox: Optional[str] = None, retry_url: Optional[str] = None,
-                 cookies: Optional[list[str]] = None) -> None:
+    def __init__(self, kind: str, *, mailbox: str | None = None, retry_url: str | None = None,
+                 cookies: list[str] | None = None) -> None:
         super().__init__(kind)
         self.kind = kind
         self.mailbox = mailbox
@@ -115,7 +117,7 @@ def _digest(value: str) -> str:
 
 # --- GET /accounts/new --------------------------------------------------------------------------------
 
-def start(data: Optional[str], sig: Optional[str], settings: Settings) -> Redirect:
+def start(data: str | None, sig: str | None, settings: Settings) -> Redirect:
     """Verify the link, start MSAL's auth-code flow, store it, bind it to this browser."""
     try:
         link = linkcodec.decode(data, sig, settings)
@@ -163,7 +165,7 @@ def complete(params: dict[str, str], cookies: dict[str, str], settings: Settings
         raise HostedError("browser_mismatch", mailbox=link.email, retry_url=_retry_url(link, settings))
     if pending.expiresAt <= utcnow():
         raise HostedError("session_expired", mailbox=link.email, retry_url=_retry_url(link, settings), cookies=clear)
-    # From here the app's redirectUrl is known: every failure goes back there (DESIGN.md, the flow).
+    # From here the app's redirectUrl is known: every failure goes back there (../shared/DESIGN.md, the flow).
     try:
         if not flows.claim_flow(pending):
             raise HostedError("session_unknown", cookies=clear)
@@ -192,14 +194,15 @@ def _best_effort(what: str, fn: Callable[..., object], *args: object) -> None:
         log.warning("sign-in: could not %s (%s)", what, type(exc).__name__)
 
 
-def _retry_url(link: LinkData, settings: Settings) -> Optional[str]:
+def _retry_url(link: LinkData, settings: Settings) -> str | None:
     return None if link.exp <= time.time() else linkcodec.link_url(link, settings)
 
 
-def _to_app(link: LinkData, code: str, description: str, account: Optional[str] = None) -> Redirect:
+def _to_app(link: LinkData, code: str, description: str, account: str | None = None) -> Redirect:
     params = {"error": code, "error_description": description}
-    if account or link.account:
-        params["account"] = account or link.account
+    target = account or link.account
+    if target:
+        params["account"] = target
     return Redirect(with_query(link.redirectUrl, params))
 
 
@@ -228,7 +231,11 @@ def _finish(pending: PendingFlow, link: LinkData, params: dict[str, str], settin
     tid, oid = claims["tid"], claims["oid"]
     upn = str(claims.get("preferred_username") or claims.get("upn") or claims.get("email") or oid)
     own_address = str(claims.get("email") or upn)
-    mailbox = link.email if link.delegated else own_address
+    mailbox = own_address
+    if link.delegated:
+        if not link.email:  # the form requires it for a delegated link; never signed without
+            raise AppError("invalid_request", "the sign-in link names no shared mailbox")
+        mailbox = link.email
     if link.expectedEmail and mailbox.lower() != link.expectedEmail.lower():
         raise AppError("email_mismatch", f"signed in as {upn}, but the link expects {link.expectedEmail}")
     account_id = link.account or derived_account_id(tid, mailbox)
@@ -237,7 +244,7 @@ def _finish(pending: PendingFlow, link: LinkData, params: dict[str, str], settin
     access = _check_access(app, tokens, mailbox, upn, link.delegated, account_id, settings)
 
     try:
-        claimed = links.claim(link.nonce, account_id, datetime.fromtimestamp(link.exp, timezone.utc),
+        claimed = links.claim(link.nonce, account_id, datetime.fromtimestamp(link.exp, UTC),
                               owner=pending.state)
     except Exception:
         _best_effort("release the link", links.release, link.nonce, pending.state)  # the insert may have landed
@@ -259,9 +266,11 @@ def _finish(pending: PendingFlow, link: LinkData, params: dict[str, str], settin
     except BaseException as exc:
         _undo_before_commit(link.nonce, pending.state, cred_id, account_id, settings)
         if isinstance(exc, SecretStoreUnavailable):
-            raise AppError("temporarily_unavailable", "the credential could not be stored; try the link again") from None
-        if isinstance(exc, ApiError) and exc.status == 503:  # the account row kept changing under us
-            raise AppError("temporarily_unavailable", "the account is being changed right now; try the link again") from None
+            raise AppError("temporarily_unavailable",
+                           "the credential could not be stored; try the link again") from None
+        if isinstance(exc, Busy):  # the account row kept changing under us
+            raise AppError("temporarily_unavailable",
+                           "the account is being changed right now; try the link again") from None
         raise
     # Committed: the outcome is decided, and clean-up failures must not turn it into an error.
     if previous is not None and previous.credentialId != cred_id:
@@ -273,7 +282,7 @@ def _finish(pending: PendingFlow, link: LinkData, params: dict[str, str], settin
     return Redirect(with_query(link.redirectUrl, {"account": account_id, "state": state}))
 
 
-def _check_access(app: "OAuthApp", tokens: Tokens, mailbox: str, upn: str, delegated: bool, account_id: str,
+def _check_access(app: OAuthApp, tokens: Tokens, mailbox: str, upn: str, delegated: bool, account_id: str,
                   settings: Settings) -> str:
     """Run the mailbox access check per ``MC_ACCESS_CHECK``; raise AppError when the sign-in must stop.
 
@@ -324,8 +333,8 @@ def _mark_connected(cred_id: str) -> None:
     mark_connected(cred_id)
 
 
-def _store_credential(app_id: str, cred_id: str, tid: str, oid: str, upn: str, name: Optional[str],
-                      tokens: Tokens, settings: Settings) -> "_Stored":
+def _store_credential(app_id: str, cred_id: str, tid: str, oid: str, upn: str, name: str | None,
+                      tokens: Tokens, settings: Settings) -> _Stored:
     """Secret first, then the credential row; remembers whether the old row said the credential was broken."""
     before = principals.get_credential(cred_id)
     secret_name = credential_secret_name(cred_id)
@@ -339,12 +348,12 @@ def _store_credential(app_id: str, cred_id: str, tid: str, oid: str, upn: str, n
 @dataclass
 class _Stored:
     credential: Credential
-    etag: Optional[str]
+    etag: str | None
     was_broken: bool
     refresh_token: str = field(repr=False)
 
 
-def _ensure_binding(stored: "_Stored", account_id: str, mailbox: str, settings: Settings) -> None:
+def _ensure_binding(stored: _Stored, account_id: str, mailbox: str, settings: Settings) -> None:
     """After the commit: if the credential row changed under us, an ``unbind`` (an account delete or a
     re-bind racing this sign-in) may have removed the index row, the row and the secret this account now
     points at. Write them again; the account row is the truth. One point read when nothing happened."""
@@ -361,7 +370,7 @@ def _ensure_binding(stored: "_Stored", account_id: str, mailbox: str, settings: 
         principals.upsert_credential(stored.credential)
 
 
-def _commit(account: Account) -> tuple[str, Optional[Account]]:
+def _commit(account: Account) -> tuple[str, Account | None]:
     """``_commit_account``, where a failure whose write may still have landed (a lost answer) is settled by
     reading the row back: our write is recognised by its ``updated`` timestamp and credential."""
     try:
@@ -395,35 +404,51 @@ def _undo_before_commit(nonce: str, owner: str, cred_id: str, account_id: str, s
         _best_effort("take back the new binding", unbind, cred_id, account_id, settings)
 
 
-def _commit_account(account: Account) -> tuple[str, Optional[Account]]:
+def _commit_account(account: Account) -> tuple[str, Account | None]:
     """Insert, or replace the existing row under its ETag; retried (with a short random wait, up to
     ``COMMIT_ATTEMPTS`` times) when a concurrent write wins, then 503.
 
     The sign-in's events (``accountAdded`` + ``authenticationSuccess``, or ``authenticationSuccess``) are
     written in the same transaction as the row (``shared.core.events``), then published.
     """
-    for attempt in range(COMMIT_ATTEMPTS):
-        if attempt:
-            time.sleep(random.uniform(0, min(0.1, 0.005 * 2 ** attempt)))  # contention: spread the retries
-        added = [events.account_added(account), events.authentication_success(account, reason="signIn", state="new")]
-        if accounts.insert_account(account, added):
-            events.publish(added)
-            return "new", None
-        current = accounts.get_account(account.account)
-        if current is None:
-            continue
+    def change(current: Account | None) -> _Commit:
+        if current is None:  # no row (yet): insert ours
+            return _Commit("new", account, [events.account_added(account),
+                                            events.authentication_success(account, reason="signIn", state="new")])
         merged = account.model_copy(update={
             "created": current.created,
             "name": account.name or current.name,
             "meta": {**current.meta, **account.meta},
         })
         merged.etag = current.etag
-        signed_in = [events.authentication_success(merged, reason="signIn", state="existing",
-                                                   repaired=current.state == AUTH_ERROR)]
-        if accounts.replace_account(merged, signed_in):
-            events.publish(signed_in)
-            return "existing", current
-    raise ApiError(503, "unavailable", "the account is being changed concurrently; retry")
+        return _Commit("existing", merged, [events.authentication_success(
+            merged, reason="signIn", state="existing", repaired=current.state == AUTH_ERROR)], current)
+
+    def write(commit: _Commit) -> bool:
+        if commit.previous is None:
+            return accounts.insert_account(commit.row, commit.events)
+        return accounts.replace_account(commit.row, commit.events)
+
+    def spread(attempt: int) -> None:  # contention: spread the retries
+        time.sleep(random.uniform(0, min(0.1, 0.005 * 2 ** attempt)))
+
+    try:  # the first attempt inserts without reading: a new account costs one write
+        commit = change_row(lambda: accounts.get_account(account.account), change, write,
+                            attempts=COMMIT_ATTEMPTS, first=lambda: None, pause=spread)
+    except ConcurrentChange:
+        raise Busy("the account is being changed concurrently; retry", retry_after=1) from None
+    assert commit is not None  # the change always writes
+    events.publish(commit.events)
+    return commit.state, commit.previous
+
+
+class _Commit(NamedTuple):
+    """What ``_commit_account`` writes: the row, its events, and the row it replaces (None: an insert)."""
+
+    state: str  # "new" or "existing"
+    row: Account
+    events: list[EventRow]
+    previous: Account | None = None
 
 
 def unbind(cred_id: str, account_id: str, settings: Settings) -> None:

@@ -24,7 +24,6 @@ import logging
 import re
 from dataclasses import dataclass
 from html import escape
-from typing import Optional
 
 log = logging.getLogger("mailbox_connect.pages")
 
@@ -125,7 +124,7 @@ _MS_NOISE = re.compile(r"\s*(Trace ID|Correlation ID|Timestamp)\s*:.*$", re.IGNO
 _DETAIL_MAX = 300
 
 
-def clean_detail(detail: Optional[str]) -> Optional[str]:
+def clean_detail(detail: str | None) -> str | None:
     """First line only, without Microsoft's trace ids and timestamps, at most ``_DETAIL_MAX`` characters."""
     if not detail:
         return None
@@ -136,15 +135,15 @@ def clean_detail(detail: Optional[str]) -> Optional[str]:
     return line or None
 
 
-def _safe_url(url: Optional[str]) -> Optional[str]:
+def _safe_url(url: str | None) -> str | None:
     """Only http(s) or site-relative links are rendered (never ``javascript:`` and the like)."""
     if url and (url.startswith(("https://", "http://")) or (url.startswith("/") and not url.startswith("//"))):
         return url
     return None
 
 
-def render(kind: str, *, mailbox: Optional[str] = None, retry_url: Optional[str] = None,
-           detail: Optional[str] = None) -> str:
+def render(kind: str, *, mailbox: str | None = None, retry_url: str | None = None,
+           detail: str | None = None) -> str:
     text = PAGES.get(kind) or PAGES["error"]
     parts = [f"<p>{escape(text.what)}</p>"]
     if mailbox:
@@ -171,7 +170,8 @@ def _layout(title: str, content: str) -> str:
 <style>
 :root{{color-scheme:light dark}}
 body{{font:16px/1.5 system-ui,-apple-system,"Segoe UI",sans-serif;margin:0;background:#f5f6f8;color:#1b1f24}}
-main{{max-width:34rem;margin:10vh auto;padding:1.75rem 2rem;background:#fff;border-radius:8px;box-shadow:0 1px 4px #0002}}
+main{{max-width:34rem;margin:10vh auto;padding:1.75rem 2rem;background:#fff;border-radius:8px;
+     box-shadow:0 1px 4px #0002}}
 h1{{font-size:1.4rem;margin:0 0 .75rem}}
 h2{{font-size:1.05rem;margin:1.25rem 0 .25rem}}
 .mailbox{{padding:.5rem .75rem;background:#eef2f7;border-radius:4px;overflow-wrap:anywhere}}
@@ -194,9 +194,9 @@ a.button:focus-visible{{outline:3px solid #f5a623;outline-offset:2px}}
 </html>"""
 
 
-def page(kind: str, *, mailbox: Optional[str] = None, retry_url: Optional[str] = None,
-         detail: Optional[str] = None) -> tuple[str, int]:
-    """The HTML of ``kind`` and its HTTP status (``shared.web.blueprints.hosted`` sends it with ``SECURITY_HEADERS``)."""
+def page(kind: str, *, mailbox: str | None = None, retry_url: str | None = None,
+         detail: str | None = None) -> tuple[str, int]:
+    """The HTML of ``kind`` and its HTTP status (``web.blueprints.hosted`` sends it with ``SECURITY_HEADERS``)."""
     if kind not in PAGES:
         log.warning("no hosted page for %r; showing the generic error page", kind)
     status = (PAGES.get(kind) or PAGES["error"]).status

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-from typing import Optional
 
 from shared.settings import Settings, SettingsError, get_settings
 
@@ -13,7 +12,7 @@ _lock = threading.Lock()
 _cache: dict[tuple, bytes] = {}
 
 
-def signing_key(settings: Optional[Settings] = None) -> bytes:
+def signing_key(settings: Settings | None = None) -> bytes:
     """Read once per process (one Key Vault call per instance in Azure)."""
     settings = settings or get_settings()
     cache_key = (settings.signing_key, settings.key_vault_url)

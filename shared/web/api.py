@@ -6,14 +6,14 @@ Blueprints import this module at start-up, so it imports only ``azure.functions`
 
 
 import functools
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import azure.functions as func
 
 Handler = Callable[[func.HttpRequest], func.HttpResponse]
 
 
-def api(scope: Optional[str]) -> Callable[[Handler], Handler]:
+def api(scope: str | None) -> Callable[[Handler], Handler]:
     """A JSON API handler: requires an API token with ``scope`` (``None``: public) and maps failures to
     clear 4xx/503 answers (:func:`shared.web.http.call_api`, imported on the first request)."""
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import azure.functions as func
 
-from shared.errors import ApiError
+from shared.errors import Forbidden, Unauthorized
 from shared.storage.tables.apitokens import BOOTSTRAP_PREFIX, ApiToken, find_token
 
 
@@ -14,8 +14,8 @@ def require_token(req: func.HttpRequest, scope: str = "api") -> ApiToken:
     header = req.headers.get("authorization") or ""
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        raise ApiError(401, "unauthorized", "send Authorization: Bearer <api token>",
-                       headers={"WWW-Authenticate": 'Bearer realm="mailbox-connect"'})
+        raise Unauthorized("send Authorization: Bearer <api token>",
+                           headers={"WWW-Authenticate": 'Bearer realm="mailbox-connect"'})
     token = token.strip()
     if token.startswith(BOOTSTRAP_PREFIX):  # the one-time admin bootstrap; mc_ tokens never pay for it
         from shared.admin.bootstrap import authenticate
@@ -24,8 +24,8 @@ def require_token(req: func.HttpRequest, scope: str = "api") -> ApiToken:
     else:
         record = find_token(token)
     if record is None:
-        raise ApiError(401, "unauthorized", "the API token is not valid or was revoked",
-                       headers={"WWW-Authenticate": 'Bearer realm="mailbox-connect", error="invalid_token"'})
+        raise Unauthorized("the API token is not valid or was revoked",
+                           headers={"WWW-Authenticate": 'Bearer realm="mailbox-connect", error="invalid_token"'})
     if scope not in record.scope_set:
-        raise ApiError(403, "forbidden", f"the API token lacks the {scope!r} scope")
+        raise Forbidden(f"the API token lacks the {scope!r} scope")
     return record

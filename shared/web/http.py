@@ -10,11 +10,20 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import azure.functions as func
 
-from shared.errors import ApiError, is_transient, unavailable
+from shared.errors import (
+    ApiError,
+    Internal,
+    InvalidInput,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    is_transient,
+    unavailable,
+)
 
 if TYPE_CHECKING:
     from pydantic import BaseModel, ValidationError
@@ -25,7 +34,7 @@ MAX_BODY = 64 * 1024
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 
-def json_response(body: Any, status: int = 200, headers: Optional[dict[str, str]] = None) -> func.HttpResponse:
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> func.HttpResponse:
     from pydantic import BaseModel
 
     if isinstance(body, BaseModel):
@@ -46,16 +55,16 @@ def error_response(error: ApiError) -> func.HttpResponse:
 def parse_json(req: func.HttpRequest, model: type[M]) -> M:
     content_type = (req.headers.get("content-type") or "").split(";")[0].strip().lower()
     if content_type != "application/json":
-        raise ApiError(415, "unsupported_media_type", "send the body as application/json")
+        raise UnsupportedMediaType("send the body as application/json")
     raw = req.get_body() or b""
     if len(raw) > MAX_BODY:
-        raise ApiError(413, "payload_too_large", f"the body is larger than {MAX_BODY} bytes")
+        raise PayloadTooLarge(f"the body is larger than {MAX_BODY} bytes")
     try:
         data = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
-        raise ApiError(400, "invalid_json", "the body is not valid JSON") from None
+        raise InvalidInput("the body is not valid JSON", code="invalid_json") from None
     if not isinstance(data, dict):
-        raise ApiError(400, "invalid_json", "the body must be a JSON object")
+        raise InvalidInput("the body must be a JSON object", code="invalid_json")
     return validate(model, data)
 
 
@@ -73,15 +82,16 @@ def validation_error(exc: ValidationError) -> ApiError:
     first = exc.errors(include_url=False, include_input=False)[0]
     field = ".".join(str(p) for p in first.get("loc", ()) if p != "__root__") or None
     if first.get("type") == "extra_forbidden":
-        return ApiError(400, "unknown_field", f"unknown field: {field}", field=field)
+        return InvalidInput(f"unknown field: {field}", field=field, code="unknown_field")
     message = first.get("msg", "invalid value").removeprefix("Value error, ")
-    return ApiError(400, "invalid_input", f"{field}: {message}" if field else message, field=field)
+    return InvalidInput(f"{field}: {message}" if field else message, field=field)
 
 
 def call_api(fn: Callable[[func.HttpRequest], func.HttpResponse], req: func.HttpRequest,
-             scope: Optional[str]) -> func.HttpResponse:
+             scope: str | None) -> func.HttpResponse:
     """Run a JSON API handler: require an API token with ``scope`` (``None``: public), map known failures to
     clear answers; log (never echo) anything unexpected."""
+    from shared.storage.errors import StorageUnavailable
     from shared.storage.secrets.base import SecretStoreUnavailable
 
     try:
@@ -94,9 +104,12 @@ def call_api(fn: Callable[[func.HttpRequest], func.HttpResponse], req: func.Http
         return error_response(exc)
     except SecretStoreUnavailable as exc:
         return error_response(unavailable("the secret store", exc.retry_after))
+    except StorageUnavailable as exc:  # Table Storage unreachable, 5xx or 429 (shared.storage.errors)
+        log.warning("transient dependency failure: %s", type(exc.__cause__ or exc).__name__)
+        return error_response(unavailable("a storage dependency", exc.retry_after))
     except Exception as exc:  # noqa: BLE001 - the edge: classify, never leak details
         if is_transient(exc):
             log.warning("transient dependency failure: %s", type(exc).__name__)
             return error_response(unavailable("a storage dependency"))
         log.exception("unhandled error in %s", fn.__name__)
-        return error_response(ApiError(500, "internal_error", "an internal error occurred"))
+        return error_response(Internal())

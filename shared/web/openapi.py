@@ -11,10 +11,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any, Optional
+from typing import Any
 
 from pydantic import BaseModel
-from pydantic.json_schema import models_json_schema
+from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from shared import schemas as m
 from shared.schemas import ErrorBody, FormRequest, FormResponse
@@ -51,15 +51,15 @@ class Operation:
     operation_id: str
     summary: str
     tag: str
-    scope: Optional[str]  # None: no API token
-    response: Optional[type[BaseModel]] = None
+    scope: str | None  # None: no API token
+    response: type[BaseModel] | None = None
     status: int = 200
-    request: Optional[type[BaseModel]] = None
-    query: Optional[type[BaseModel]] = None
+    request: type[BaseModel] | None = None
+    query: type[BaseModel] | None = None
     errors: tuple[int, ...] = ()
     description: str = ""
     error_models: dict[int, type[BaseModel]] = field(default_factory=dict)
-    raw_response: Optional[dict[str, Any]] = None  # for non-JSON answers (hosted pages)
+    raw_response: dict[str, Any] | None = None  # for non-JSON answers (hosted pages)
 
 
 OPERATIONS: tuple[Operation, ...] = (
@@ -147,8 +147,12 @@ _HOSTED_QUERY = {
 }
 
 
-def _schemas() -> tuple[dict[tuple[type[BaseModel], str], dict[str, Any]], dict[str, Any]]:
-    wanted: list[tuple[type[BaseModel], str]] = [(ErrorBody, "serialization"), (m.WebhookEvent, "serialization")]
+SchemaKey = tuple[type[BaseModel], JsonSchemaMode]
+Refs = dict[SchemaKey, dict[str, Any]]  # (model, mode) -> {"$ref": ...}
+
+
+def _schemas() -> tuple[Refs, dict[str, Any]]:
+    wanted: list[SchemaKey] = [(ErrorBody, "serialization"), (m.WebhookEvent, "serialization")]
     for op in OPERATIONS:
         if op.request:
             wanted.append((op.request, "validation"))
@@ -157,11 +161,12 @@ def _schemas() -> tuple[dict[tuple[type[BaseModel], str], dict[str, Any]], dict[
         if op.response:
             wanted.append((op.response, "serialization"))
         wanted += [(model, "serialization") for model in op.error_models.values()]
-    refs, top = models_json_schema(list(dict.fromkeys(wanted)), ref_template=REF)
-    return refs, top.get("$defs", {})
+    unique = list(dict.fromkeys(wanted))
+    refs, top = models_json_schema(unique, ref_template=REF)
+    return {key: refs[key] for key in unique}, top.get("$defs", {})
 
 
-def _query_parameters(op: Operation, refs: dict, schemas: dict[str, Any]) -> list[dict[str, Any]]:
+def _query_parameters(op: Operation, refs: Refs, schemas: dict[str, Any]) -> list[dict[str, Any]]:
     if op.query is not None:
         name = refs[(op.query, "validation")]["$ref"].rsplit("/", 1)[1]
         model = schemas.pop(name)  # inlined as parameters; not a body schema
@@ -191,7 +196,7 @@ def _error(status: int, schema_ref: dict[str, Any]) -> dict[str, Any]:
     return response
 
 
-def _webhooks(refs: dict) -> dict[str, Any]:
+def _webhooks(refs: Refs) -> dict[str, Any]:
     """OpenAPI 3.1 ``webhooks``: what the service POSTs to a registered webhook."""
     headers = [
         ("X-MC-Event-Id", "The event id: the same on every retry; dedupe on it"),
@@ -240,13 +245,16 @@ def _document(server_url: str) -> dict[str, Any]:
                 "application/json": {"schema": refs[(op.request, "validation")]}}}
         if op.raw_response is not None:
             success = op.raw_response
-        else:
+        elif op.response is not None:
             success = {"description": {200: "OK", 201: "Created", 202: "Accepted"}[op.status],
                        "content": {"application/json": {"schema": refs[(op.response, "serialization")]}}}
+        else:
+            raise ValueError(f"{op.operation_id}: neither a response model nor a raw response")
         responses: dict[str, Any] = {str(302 if op.tag == "hosted" else op.status): success}
         statuses = set(op.errors) | ({401, 403, 503} if op.scope else set())
         if op.tag == "hosted":
-            responses["400"] = {"description": "A hosted error page", "content": {"text/html": {"schema": {"type": "string"}}}}
+            html = {"text/html": {"schema": {"type": "string"}}}
+            responses["400"] = {"description": "A hosted error page", "content": html}
         else:
             for status in sorted(statuses):
                 ref = refs[(op.error_models[status], "serialization")] if status in op.error_models else error_ref

@@ -12,10 +12,11 @@ import random
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
 
 from shared.core import events as ev
 from shared.errors import ApiError
@@ -66,7 +67,7 @@ class Dispatcher:
     settings: Settings
     clock: Clock = utcnow
     rng: Callable[[], float] = random.random
-    session: Optional["requests.Session"] = None
+    session: requests.Session | None = None
     budget: float = RUN_BUDGET
     report: RunReport = field(default_factory=RunReport)
 
@@ -123,7 +124,7 @@ class Dispatcher:
         data = dict(event.data)
         if event.event == ev.AUTHENTICATION_ERROR:
             data.update(self._reauth(event.account))
-        date = event.date.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        date = event.date.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
         return {"id": event.id, "serviceUrl": self.settings.public_url, "account": event.account, "date": date,
                 "event": event.event, "data": data}
 
@@ -219,7 +220,7 @@ class Dispatcher:
         nominal = min(BASE_DELAY * 2 ** min(attempts - 1, 30), MAX_DELAY)
         return nominal * (1 - JITTER * self.rng())
 
-    def _send(self, target: Target, row: Delivery, now: datetime) -> tuple[Optional[int], Optional[str]]:
+    def _send(self, target: Target, row: Delivery, now: datetime) -> tuple[int | None, str | None]:
         """(HTTP status, error text); status None when the receiver was not reached."""
         import requests
 
@@ -250,10 +251,10 @@ class Dispatcher:
 
 _report_lock = threading.Lock()
 _session_lock = threading.Lock()
-_sessions: list["requests.Session"] = []
+_sessions: list[requests.Session] = []
 
 
-def _shared_session() -> "requests.Session":
+def _shared_session() -> requests.Session:
     """One session per process, so connections to receivers are reused from one run to the next."""
     with _session_lock:
         if not _sessions:

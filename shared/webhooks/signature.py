@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import time
-from typing import Optional
 
 SIGNATURE_HEADER, TIMESTAMP_HEADER = "X-MC-Signature", "X-MC-Timestamp"
 EVENT_ID_HEADER, EVENT_HEADER = "X-MC-Event-Id", "X-MC-Event"
@@ -18,7 +17,7 @@ def sign(secret: str, timestamp: int, body: bytes) -> str:
 
 
 def verify_signature(secret: str, timestamp: str, signature: str, body: bytes, *, tolerance: int = 300,
-                     now: Optional[float] = None) -> bool:
+                     now: float | None = None) -> bool:
     """What a receiver does: the timestamp is recent and one ``v1=`` signature matches (constant time)."""
     try:
         sent = int(timestamp)

@@ -8,9 +8,9 @@ import logging
 import threading
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Optional
 
 from shared.checks import check_webhook_url
+from shared.schemas import WebhookSource
 from shared.settings import Settings
 from shared.storage.secrets.base import SecretNotFound
 from shared.storage.secrets.factory import get_secret_store
@@ -27,10 +27,10 @@ class Target:
     id: str
     url: str
     events: tuple[str, ...]  # empty: every event
-    source: str  # api | settings
-    secret_name: Optional[str] = None  # api targets: the secret store name
-    description: Optional[str] = None
-    created: Optional[datetime] = None
+    source: WebhookSource
+    secret_name: str | None = None  # api targets: the secret store name
+    description: str | None = None
+    created: datetime | None = None
 
     def wants(self, event: str) -> bool:
         return not self.events or event in self.events
@@ -61,7 +61,7 @@ def all_targets(settings: Settings) -> list[Target]:
 
 
 _secret_lock = threading.Lock()
-_secrets: dict[tuple[str, Optional[str], Optional[str]], str] = {}
+_secrets: dict[tuple[str, str | None, str | None], str] = {}
 
 
 def secret_of(target: Target, settings: Settings) -> str:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Optional, Protocol
+from typing import Protocol
 
 _NAME = re.compile(r"^[0-9A-Za-z-]{1,127}$")
 
@@ -19,7 +19,7 @@ class SecretNotFound(SecretStoreError):
 class SecretStoreUnavailable(SecretStoreError):
     """A transient failure (throttled after retries, network, 5xx): answer 503, change no state."""
 
-    def __init__(self, message: str, retry_after: Optional[int] = None) -> None:
+    def __init__(self, message: str, retry_after: int | None = None) -> None:
         super().__init__(message)
         self.retry_after = retry_after
 
@@ -35,7 +35,7 @@ class SecretStore(Protocol):
     def get(self, name: str) -> str:
         """The current value; ``SecretNotFound`` when there is none."""
 
-    def set(self, name: str, value: str, *, tags: Optional[dict[str, str]] = None) -> None:
+    def set(self, name: str, value: str, *, tags: dict[str, str] | None = None) -> None:
         """Write a new current value (recovering a soft-deleted name first where the backend has one)."""
 
     def delete(self, name: str) -> None:

@@ -18,11 +18,10 @@ from __future__ import annotations
 import base64
 import binascii
 import threading
-from typing import Optional
 from urllib.parse import urlparse
 
-from shared.storage.secrets.base import SecretStore, SecretStoreError
 from shared.settings import Settings, SettingsError, get_settings
+from shared.storage.secrets.base import SecretStore, SecretStoreError
 
 SECRETS_TABLE = "secrets"
 _LOOPBACK = {"localhost", "127.0.0.1", "::1"}
@@ -33,10 +32,10 @@ class SecretStoreConfigError(SecretStoreError, SettingsError):
 
 
 _lock = threading.Lock()
-_cached: Optional[tuple[Settings, SecretStore]] = None
+_cached: tuple[Settings, SecretStore] | None = None
 
 
-def get_secret_store(settings: Optional[Settings] = None) -> SecretStore:
+def get_secret_store(settings: Settings | None = None) -> SecretStore:
     """The process's secret store for ``settings`` (default: ``get_settings()``), built on first use."""
     global _cached
     settings = settings or get_settings()

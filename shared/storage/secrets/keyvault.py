@@ -32,7 +32,8 @@ import json
 import logging
 import math
 import time
-from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from shared.storage.secrets.base import (
     SecretNotFound,
@@ -62,7 +63,7 @@ _DEFAULT_RETRY_AFTER = 5
 class _HttpFailure(SecretStoreError):
     """Internal: a non-retryable HTTP answer, with Key Vault's error codes (outer and inner)."""
 
-    def __init__(self, message: str, status: Optional[int], codes: tuple[str, ...]) -> None:
+    def __init__(self, message: str, status: int | None, codes: tuple[str, ...]) -> None:
         super().__init__(message)
         self.status = status
         self.codes = codes
@@ -103,9 +104,9 @@ class KeyVaultSecretStore:
     def __init__(
         self,
         vault_url: str,
-        credential: "TokenCredential",
+        credential: TokenCredential,
         *,
-        connection_verify: Optional[str] = None,
+        connection_verify: str | None = None,
         sleep: Callable[[float], Any] = time.sleep,
         verify_challenge_resource: bool = True,
         max_attempts: int = 4,
@@ -145,7 +146,7 @@ class KeyVaultSecretStore:
             raise self._public(exc) from None
         return secret.value if secret.value is not None else ""
 
-    def set(self, name: str, value: str, *, tags: Optional[dict[str, str]] = None) -> None:
+    def set(self, name: str, value: str, *, tags: dict[str, str] | None = None) -> None:
         validate_secret_name(name)
         _check_value(value)
         tags = _check_tags(tags)
@@ -311,7 +312,7 @@ def _check_value(value: str) -> None:
         raise SecretStoreError(f"secret value too large (Key Vault's limit is {MAX_VALUE_BYTES} bytes)")
 
 
-def _check_tags(tags: Optional[dict[str, str]]) -> Optional[dict[str, str]]:
+def _check_tags(tags: dict[str, str] | None) -> dict[str, str] | None:
     if tags is None:
         return None
     if len(tags) > MAX_TAGS:
@@ -353,7 +354,7 @@ def _error_codes(exc: Any) -> tuple[str, ...]:
     return tuple(codes)
 
 
-def _retry_after(exc: Any) -> Optional[float]:
+def _retry_after(exc: Any) -> float | None:
     response = getattr(exc, "response", None)
     headers = getattr(response, "headers", None) or {}
     raw = headers.get("Retry-After") if hasattr(headers, "get") else None

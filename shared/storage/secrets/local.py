@@ -50,15 +50,16 @@ import hashlib
 import hmac
 import json
 import os
-from typing import TYPE_CHECKING, Any, Mapping, Optional
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
+from shared.settings import AZURE_MARKERS
 from shared.storage.secrets.base import (
     SecretNotFound,
     SecretStoreError,
     SecretStoreUnavailable,
     validate_secret_name,
 )
-from shared.settings import AZURE_MARKERS
 
 if TYPE_CHECKING:  # pragma: no cover
     from azure.data.tables import TableClient
@@ -95,11 +96,11 @@ class LocalSecretStore:
     def __init__(
         self,
         key: bytes,
-        table_client: "TableClient",
+        table_client: TableClient,
         *,
         in_azure: bool = False,
-        key_id: Optional[str] = None,
-        previous_keys: Optional[Mapping[str, bytes]] = None,
+        key_id: str | None = None,
+        previous_keys: Mapping[str, bytes] | None = None,
         key_from_key_vault: bool = False,
     ) -> None:
         if (in_azure or running_in_azure()) and not key_from_key_vault:
@@ -128,7 +129,7 @@ class LocalSecretStore:
         entity = self._call("get", name, lambda: self._table.get_entity(partition_key=name, row_key=""))
         return self._open(name, entity)
 
-    def set(self, name: str, value: str, *, tags: Optional[dict[str, str]] = None) -> None:
+    def set(self, name: str, value: str, *, tags: dict[str, str] | None = None) -> None:
         validate_secret_name(name)
         if not isinstance(value, str):
             raise SecretStoreError("secret value must be a string")
@@ -197,7 +198,7 @@ class LocalSecretStore:
             raise SecretStoreError(f"cannot decrypt secret {name}: the value is not UTF-8") from None
 
     @staticmethod
-    def _call(op: str, name: str, fn):  # type: ignore[no-untyped-def]
+    def _call(op: str, name: str, fn: Callable[[], Any]) -> Any:
         from azure.core.exceptions import (
             AzureError,
             HttpResponseError,
@@ -225,7 +226,7 @@ def _aad(version: int, kid: str, name: str) -> bytes:
     return b"\x00".join((_AAD_PREFIX, str(version).encode(), kid.encode("utf-8"), name.encode("utf-8")))
 
 
-def _as_bytes(value: Any) -> Optional[bytes]:
+def _as_bytes(value: Any) -> bytes | None:
     if isinstance(value, (bytes, bytearray)):
         return bytes(value)
     return None

@@ -4,4 +4,5 @@ One module per table. Table names are the base names below, prefixed with ``MC_T
 template creates the same tables (a test compares the two).
 """
 
-TABLES = ("accounts", "principals", "flows", "links", "apps", "apitokens", "secrets", "outbox", "webhooks", "deliveries")
+TABLES = ("accounts", "principals", "flows", "links", "apps", "apitokens", "secrets", "outbox", "webhooks",
+          "deliveries")

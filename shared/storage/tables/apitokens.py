@@ -6,16 +6,18 @@ import hashlib
 import hmac
 import secrets
 from datetime import datetime
-from typing import Optional
+from typing import get_args
 
+from shared.schemas import TokenScope
+from shared.storage.errors import storage_errors
 from shared.storage.tables.client import table
-from shared.storage.tables.records import Record, is_missing, utcnow
+from shared.storage.tables.records import Record, get_or_none, query, utcnow
 
 TABLE = "apitokens"
 PARTITION = "token"
 TOKEN_PREFIX = "mc_"
 BOOTSTRAP_PREFIX = "mcb_"  # the one-time admin bootstrap (shared.admin.bootstrap); never stored in this table
-SCOPES = ("api", "admin")
+SCOPES: tuple[TokenScope, ...] = get_args(TokenScope)
 
 
 class ApiToken(Record):
@@ -42,21 +44,19 @@ def create_token(name: str, scopes: tuple[str, ...] = ("api",)) -> tuple[str, Ap
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
     record = ApiToken(id=secrets.token_hex(8), name=name, scopes=",".join(sorted(set(scopes))),
                       tokenHash=hash_token(token), created=utcnow())
-    table(TABLE).create_entity(record.to_entity(PARTITION, record.tokenHash))
+    with storage_errors():
+        table(TABLE).create_entity(record.to_entity(PARTITION, record.tokenHash))
     return token, record
 
 
-def find_token(token: str) -> Optional[ApiToken]:
+def find_token(token: str) -> ApiToken | None:
     """The record of a presented token, or None. One point read; no caching, so revocation is immediate."""
     if not token.startswith(TOKEN_PREFIX) or len(token) > 128 or not token.isascii():
         return None
     digest = hash_token(token)
-    try:
-        entity = table(TABLE).get_entity(PARTITION, digest)
-    except Exception as exc:
-        if is_missing(exc):
-            return None
-        raise
+    entity = get_or_none(table(TABLE), PARTITION, digest)
+    if entity is None:
+        return None
     record = ApiToken.from_entity(entity)
     return record if hmac.compare_digest(record.tokenHash, digest) else None
 
@@ -64,18 +64,19 @@ def find_token(token: str) -> Optional[ApiToken]:
 def admin_token_exists() -> bool:
     """Whether any token has the ``admin`` scope (ends the admin bootstrap). One query: every scope set but
     exactly ``api`` includes ``admin``; the Python check keeps that true if scopes are ever added."""
-    rows = table(TABLE).query_entities("PartitionKey eq @pk and scopes ne @api", select=["scopes"],
-                                       parameters={"pk": PARTITION, "api": "api"}, results_per_page=100)
+    rows = query(table(TABLE), "PartitionKey eq @pk and scopes ne @api", select=["scopes"],
+                 parameters={"pk": PARTITION, "api": "api"}, results_per_page=100)
     return any("admin" in str(row.get("scopes") or "").split(",") for row in rows)
 
 
 def list_tokens() -> list[ApiToken]:
-    return [ApiToken.from_entity(e) for e in table(TABLE).query_entities(f"PartitionKey eq '{PARTITION}'")]
+    return [ApiToken.from_entity(e) for e in query(table(TABLE), f"PartitionKey eq '{PARTITION}'")]
 
 
 def revoke_token(token_id: str) -> bool:
     for record in list_tokens():
         if record.id == token_id:
-            table(TABLE).delete_entity(PARTITION, record.tokenHash)
+            with storage_errors():
+                table(TABLE).delete_entity(PARTITION, record.tokenHash)
             return True
     return False

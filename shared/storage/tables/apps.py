@@ -6,10 +6,13 @@ import secrets
 import threading
 import time
 from datetime import datetime
-from typing import ClassVar, Optional
+from typing import ClassVar
 
+from shared.clouds import BaseScopes, Cloud
+from shared.schemas import Provider
+from shared.storage.errors import storage_errors
 from shared.storage.tables.client import table
-from shared.storage.tables.records import Record, is_missing, update_if_unchanged, utcnow
+from shared.storage.tables.records import Record, get_or_none, query, update_if_unchanged
 
 TABLE = "apps"
 PARTITION = "app"
@@ -17,18 +20,18 @@ PARTITION = "app"
 CACHE_SECONDS = 30.0
 
 _lock = threading.Lock()
-_cache: dict[str, tuple[float, "OAuthApp"]] = {}
+_cache: dict[str, tuple[float, OAuthApp]] = {}
 
 
 class OAuthApp(Record):
     JSON_FIELDS: ClassVar[tuple[str, ...]] = ("extraScopes",)
     id: str
     name: str
-    provider: str = "outlook"
+    provider: Provider = "outlook"
     clientId: str
     authority: str = "organizations"  # common | organizations | consumers | <tenant id or domain>
-    cloud: str = "global"
-    baseScopes: str = "imap"
+    cloud: Cloud = "global"
+    baseScopes: BaseScopes = "imap"
     extraScopes: list[str] = []
     enabled: bool = True
     secretName: str
@@ -45,34 +48,34 @@ def client_secret_name(app_id: str) -> str:
 
 
 def insert_app(app: OAuthApp) -> None:
-    table(TABLE).create_entity(app.to_entity(PARTITION, app.id))
+    with storage_errors():
+        table(TABLE).create_entity(app.to_entity(PARTITION, app.id))
     _forget(app.id)
 
 
-def get_app(app_id: str, *, fresh: bool = False) -> Optional[OAuthApp]:
+def get_app(app_id: str, *, fresh: bool = False) -> OAuthApp | None:
     now = time.monotonic()
     if not fresh:
         with _lock:
             hit = _cache.get(app_id)
         if hit and now - hit[0] < CACHE_SECONDS:
             return hit[1]
-    try:
-        app = OAuthApp.from_entity(table(TABLE).get_entity(PARTITION, app_id))
-    except Exception as exc:
-        if is_missing(exc):
-            return None
-        raise
+    entity = get_or_none(table(TABLE), PARTITION, app_id)
+    if entity is None:
+        return None
+    app = OAuthApp.from_entity(entity)
     with _lock:
         _cache[app_id] = (now, app)
     return app
 
 
 def list_apps() -> list[OAuthApp]:
-    return [OAuthApp.from_entity(e) for e in table(TABLE).query_entities(f"PartitionKey eq '{PARTITION}'")]
+    return [OAuthApp.from_entity(e) for e in query(table(TABLE), f"PartitionKey eq '{PARTITION}'")]
 
 
 def delete_app(app_id: str) -> None:
-    table(TABLE).delete_entity(PARTITION, app_id)
+    with storage_errors():
+        table(TABLE).delete_entity(PARTITION, app_id)
     _forget(app_id)
 
 

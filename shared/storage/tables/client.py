@@ -19,11 +19,11 @@ DEVELOPMENT_STORAGE = (
 )
 
 _lock = threading.Lock()
-_services: dict[tuple, "TableServiceClient"] = {}
+_services: dict[tuple, TableServiceClient] = {}
 _ensured: set[tuple] = set()
 
 
-def _service(settings: Settings) -> "TableServiceClient":
+def _service(settings: Settings) -> TableServiceClient:
     key = (settings.tables_connection_string, settings.tables_endpoint, settings.ca_bundle)
     with _lock:
         service = _services.get(key)
@@ -33,7 +33,7 @@ def _service(settings: Settings) -> "TableServiceClient":
         return service
 
 
-def _build_service(settings: Settings) -> "TableServiceClient":
+def _build_service(settings: Settings) -> TableServiceClient:
     from azure.data.tables import TableServiceClient
 
     kwargs: dict[str, Any] = {"retry_total": 3, "connection_timeout": 5, "read_timeout": 15}
@@ -55,7 +55,7 @@ def _build_service(settings: Settings) -> "TableServiceClient":
     raise SettingsError("set MC_TABLES_CONNECTION_STRING (local) or MC_TABLES_ENDPOINT (Azure)")
 
 
-def table(base_name: str, settings: Settings | None = None) -> "TableClient":
+def table(base_name: str, settings: Settings | None = None) -> TableClient:
     """The client of one table; locally (connection string) the table is created on first use.
 
     In Azure the template creates the tables and the identity has data-plane rights only, so no

@@ -8,12 +8,20 @@ is the exact JSON the target receives (the same on every attempt), so a signatur
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import datetime
 from itertools import islice
-from typing import Any, Iterator, Optional
+from typing import Any
 
 from shared.storage.tables.client import table
-from shared.storage.tables.records import Record, is_conflict, is_missing, update_if_unchanged
+from shared.storage.tables.records import (
+    Record,
+    create_if_absent,
+    delete_if_present,
+    get_or_none,
+    query,
+    update_if_unchanged,
+)
 
 TABLE = "deliveries"
 PENDING = "pending"
@@ -30,11 +38,11 @@ class Delivery(Record):
     attempts: int = 0
     created: datetime  # when the event was fanned out to this target: the retry window starts here
     nextAttemptAt: datetime
-    lastAttemptAt: Optional[datetime] = None
-    lastStatus: Optional[int] = None  # the target's HTTP status; None when it could not be reached
-    lastError: Optional[str] = None
-    deadAt: Optional[datetime] = None
-    claimedUntil: Optional[datetime] = None  # a runner is sending it (nextAttemptAt is pushed as far)
+    lastAttemptAt: datetime | None = None
+    lastStatus: int | None = None  # the target's HTTP status; None when it could not be reached
+    lastError: str | None = None
+    deadAt: datetime | None = None
+    claimedUntil: datetime | None = None  # a runner is sending it (nextAttemptAt is pushed as far)
 
     def entity(self) -> dict:
         return self.to_entity(self.target, self.eventId)
@@ -42,25 +50,15 @@ class Delivery(Record):
 
 def create(delivery: Delivery) -> bool:
     """False when the row exists already (the event was fanned out to this target before)."""
-    try:
-        table(TABLE).create_entity(delivery.entity())
-    except Exception as exc:
-        if is_conflict(exc):
-            return False
-        raise
-    return True
+    return create_if_absent(table(TABLE), delivery.entity())
 
 
-def get(target: str, event_id: str) -> Optional[Delivery]:
-    try:
-        return Delivery.from_entity(table(TABLE).get_entity(target, event_id))
-    except Exception as exc:
-        if is_missing(exc):
-            return None
-        raise
+def get(target: str, event_id: str) -> Delivery | None:
+    entity = get_or_none(table(TABLE), target, event_id)
+    return None if entity is None else Delivery.from_entity(entity)
 
 
-def replace(delivery: Delivery) -> Optional[Delivery]:
+def replace(delivery: Delivery) -> Delivery | None:
     """Write the row read as ``delivery`` under its ETag; the row with its new ETag, or None if it changed."""
     result = update_if_unchanged(table(TABLE), delivery.entity(), delivery.etag)
     if result is None:
@@ -72,11 +70,7 @@ def replace(delivery: Delivery) -> Optional[Delivery]:
 
 def delete(delivery: Delivery) -> None:
     """Delete the row (delivered, discarded, or its target is gone); a missing row is fine."""
-    try:
-        table(TABLE).delete_entity(delivery.target, delivery.eventId)
-    except Exception as exc:
-        if not is_missing(exc):
-            raise
+    delete_if_present(table(TABLE), delivery.target, delivery.eventId)
 
 
 def due(now: datetime, limit: int = 1000) -> list[Delivery]:
@@ -89,11 +83,11 @@ def dead(limit: int = 1000) -> list[Delivery]:
     return _query("status eq @dead", {"dead": DEAD}, limit)
 
 
-def _query(query: str, parameters: dict[str, Any], limit: int) -> list[Delivery]:
-    rows = table(TABLE).query_entities(query, parameters=parameters, results_per_page=min(limit, 1000))
+def _query(where: str, parameters: dict[str, Any], limit: int) -> list[Delivery]:
+    rows = query(table(TABLE), where, parameters=parameters, results_per_page=min(limit, 1000))
     return [Delivery.from_entity(entity) for entity in islice(rows, limit)]
 
 
 def of_target(target: str) -> Iterator[Delivery]:
-    for entity in table(TABLE).query_entities("PartitionKey eq @pk", parameters={"pk": target}):
+    for entity in query(table(TABLE), "PartitionKey eq @pk", parameters={"pk": target}):
         yield Delivery.from_entity(entity)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, ClassVar, Optional
+from typing import Any, ClassVar
 
+from shared.storage.errors import storage_errors
 from shared.storage.tables.client import table
-from shared.storage.tables.records import Record, is_missing, update_if_unchanged
+from shared.storage.tables.records import Record, get_or_none, update_if_unchanged
 
 TABLE = "flows"
 
@@ -23,16 +24,13 @@ class PendingFlow(Record):
 
 
 def insert_flow(flow: PendingFlow) -> None:
-    table(TABLE).create_entity(flow.to_entity(flow.state))
+    with storage_errors():
+        table(TABLE).create_entity(flow.to_entity(flow.state))
 
 
-def get_flow(state: str) -> Optional[PendingFlow]:
-    try:
-        return PendingFlow.from_entity(table(TABLE).get_entity(state, ""))
-    except Exception as exc:
-        if is_missing(exc):
-            return None
-        raise
+def get_flow(state: str) -> PendingFlow | None:
+    entity = get_or_none(table(TABLE), state, "")
+    return None if entity is None else PendingFlow.from_entity(entity)
 
 
 def claim_flow(flow: PendingFlow) -> bool:
@@ -48,4 +46,5 @@ def claim_flow(flow: PendingFlow) -> bool:
 
 
 def forget_flow(state: str) -> None:
-    table(TABLE).delete_entity(state, "")
+    with storage_errors():
+        table(TABLE).delete_entity(state, "")

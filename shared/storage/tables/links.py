@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from shared.storage.errors import storage_errors
 from shared.storage.tables.client import table
-from shared.storage.tables.records import Record, is_conflict, is_missing, utcnow
+from shared.storage.tables.records import Record, create_if_absent, get_or_none, utcnow
 
 TABLE = "links"
 
@@ -18,13 +19,7 @@ class UsedLink(Record):
 
 
 def is_used(nonce: str) -> bool:
-    try:
-        table(TABLE).get_entity(nonce, "")
-    except Exception as exc:
-        if is_missing(exc):
-            return False
-        raise
-    return True
+    return get_or_none(table(TABLE), nonce, "") is not None
 
 
 def claim(nonce: str, account: str, expires_at: datetime, *, owner: str) -> bool:
@@ -34,14 +29,10 @@ def claim(nonce: str, account: str, expires_at: datetime, *, owner: str) -> bool
     recognised by its owner instead of killing the link.
     """
     row = UsedLink(account=account, owner=owner, usedAt=utcnow(), expiresAt=expires_at)
-    try:
-        table(TABLE).create_entity(row.to_entity(nonce))
-    except Exception as exc:
-        if not is_conflict(exc):
-            raise
-        current = _get(nonce)
-        return current is not None and current.owner == owner
-    return True
+    if create_if_absent(table(TABLE), row.to_entity(nonce)):
+        return True
+    current = _get(nonce)
+    return current is not None and current.owner == owner
 
 
 def release(nonce: str, owner: str) -> None:
@@ -52,13 +43,10 @@ def release(nonce: str, owner: str) -> None:
     current = _get(nonce)
     if current is None or current.owner != owner:
         return
-    table(TABLE).delete_entity(nonce, "", etag=current.etag, match_condition=MatchConditions.IfNotModified)
+    with storage_errors():
+        table(TABLE).delete_entity(nonce, "", etag=current.etag, match_condition=MatchConditions.IfNotModified)
 
 
-def _get(nonce: str) -> "UsedLink | None":
-    try:
-        return UsedLink.from_entity(table(TABLE).get_entity(nonce, ""))
-    except Exception as exc:
-        if is_missing(exc):
-            return None
-        raise
+def _get(nonce: str) -> UsedLink | None:
+    entity = get_or_none(table(TABLE), nonce, "")
+    return None if entity is None else UsedLink.from_entity(entity)

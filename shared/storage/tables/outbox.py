@@ -21,11 +21,13 @@ from __future__ import annotations
 import secrets
 import threading
 import time
+from collections.abc import Iterator
 from datetime import datetime
-from typing import Any, ClassVar, Iterator, Optional
+from typing import Any, ClassVar
 
+from shared.storage.errors import storage_errors
 from shared.storage.tables.client import table
-from shared.storage.tables.records import Record, is_missing
+from shared.storage.tables.records import Record, delete_if_present, get_or_none, query
 
 ACCOUNTS_TABLE = "accounts"  # where event rows live (shared.storage.tables.accounts.TABLE)
 TABLE = "outbox"
@@ -38,7 +40,7 @@ _id_lock = threading.Lock()
 _last_id = [0, 0]  # (milliseconds, sequence) of the last id made in this process
 
 
-def new_event_id(now: Optional[float] = None) -> str:
+def new_event_id(now: float | None = None) -> str:
     """Sortable by creation (milliseconds, 12 hex digits; then a 16-bit sequence, so ids made in one process
     keep their order within a millisecond and when the clock steps back) and unique (48 random bits)."""
     millis = int((time.time() if now is None else now) * 1000)
@@ -78,28 +80,20 @@ class IndexRow(Record):
 
 # --- event rows (accounts table) --------------------------------------------------------------------------
 
-def get_event(partition: str, row_key: str) -> Optional[EventRow]:
-    try:
-        return EventRow.from_entity(table(ACCOUNTS_TABLE).get_entity(partition, row_key))
-    except Exception as exc:
-        if is_missing(exc):
-            return None
-        raise
+def get_event(partition: str, row_key: str) -> EventRow | None:
+    entity = get_or_none(table(ACCOUNTS_TABLE), partition, row_key)
+    return None if entity is None else EventRow.from_entity(entity)
 
 
 def delete_event(partition: str, row_key: str) -> None:
     """Delete an event row once it has been fanned out (a missing row is fine)."""
-    try:
-        table(ACCOUNTS_TABLE).delete_entity(partition, row_key)
-    except Exception as exc:
-        if not is_missing(exc):
-            raise
+    delete_if_present(table(ACCOUNTS_TABLE), partition, row_key)
 
 
 def scan_events(created_before: datetime, limit: int = 1000) -> Iterator[EventRow]:
     """Event rows older than ``created_before``, across all accounts: a full scan, for the sweeper only."""
-    rows = table(ACCOUNTS_TABLE).query_entities(
-        "RowKey gt @lo and RowKey lt @hi and date lt @before",
+    rows = query(
+        table(ACCOUNTS_TABLE), "RowKey gt @lo and RowKey lt @hi and date lt @before",
         parameters={"lo": EVENT_PREFIX, "hi": _EVENT_END, "before": created_before},
         results_per_page=min(limit, 1000),
     )
@@ -119,13 +113,13 @@ def add_index(events: list[EventRow]) -> None:
 
     operations = [("upsert", IndexRow(eventPk=e.account, eventRk=e.row_key).to_entity(PENDING, e.id),
                    {"mode": UpdateMode.REPLACE}) for e in events]
-    table(TABLE).submit_transaction(operations)
+    with storage_errors():
+        table(TABLE).submit_transaction(operations)
 
 
 def pending(limit: int = 500) -> list[tuple[str, IndexRow]]:
     """(event id, index row) in event-id order, at most ``limit``."""
-    rows = table(TABLE).query_entities("PartitionKey eq @pk", parameters={"pk": PENDING},
-                                       results_per_page=min(limit, 1000))
+    rows = query(table(TABLE), "PartitionKey eq @pk", parameters={"pk": PENDING}, results_per_page=min(limit, 1000))
     found = []
     for entity in rows:
         found.append((str(entity["RowKey"]), IndexRow.from_entity(entity)))
@@ -135,8 +129,4 @@ def pending(limit: int = 500) -> list[tuple[str, IndexRow]]:
 
 
 def remove_index(event_id: str) -> None:
-    try:
-        table(TABLE).delete_entity(PENDING, event_id)
-    except Exception as exc:
-        if not is_missing(exc):
-            raise
+    delete_if_present(table(TABLE), PENDING, event_id)

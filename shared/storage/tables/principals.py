@@ -7,11 +7,13 @@ unique by construction, so writing an index row is an idempotent upsert.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import datetime
-from typing import ClassVar, Iterator, Optional
+from typing import ClassVar
 
+from shared.storage.errors import NotFound, storage_errors
 from shared.storage.tables.client import table
-from shared.storage.tables.records import Record, delete_if_unchanged, is_missing, update_if_unchanged
+from shared.storage.tables.records import Record, delete_if_unchanged, get_or_none, query, update_if_unchanged
 
 TABLE = "principals"
 CREDENTIAL_ROW = "credential"
@@ -25,17 +27,17 @@ class Credential(Record):
     tid: str
     oid: str
     upn: str
-    name: Optional[str] = None
+    name: str | None = None
     scopes: list[str] = []
     secretName: str
     tokenWrittenAt: datetime
     # Set by the keep-alive (shared.handoff.keepalive) when only a new sign-in can help; a sign-in replaces the row
     # without it, and the keep-alive skips the credential until then.
-    keepAliveAt: Optional[datetime] = None
+    keepAliveAt: datetime | None = None
     # Set when Microsoft refused the refresh token (invalid_grant, ...; ``flag_broken``): the keep-alive
     # skips the credential, and the next sign-in (which replaces the row without it) flips the
     # credential's accounts back to connected.
-    brokenCode: Optional[str] = None
+    brokenCode: str | None = None
 
     @property
     def broken(self) -> bool:
@@ -47,54 +49,52 @@ class IndexRow(Record):
     mailbox: str
 
 
-def upsert_credential(credential: Credential) -> Optional[str]:
+def upsert_credential(credential: Credential) -> str | None:
     """Write the row whole; returns its new ETag."""
     from azure.data.tables import UpdateMode
 
-    result = table(TABLE).upsert_entity(credential.to_entity(credential.credentialId, CREDENTIAL_ROW),
-                                        mode=UpdateMode.REPLACE)
+    with storage_errors():
+        result = table(TABLE).upsert_entity(credential.to_entity(credential.credentialId, CREDENTIAL_ROW),
+                                            mode=UpdateMode.REPLACE)
     return (result or {}).get("etag")
 
 
-def flag_broken(credential_id: str, code: str) -> Optional[str]:
+def flag_broken(credential_id: str, code: str) -> str | None:
     """Note on the credential row that only a new sign-in can repair it; returns the row's new ETag
     (None when the row is missing: it is left missing)."""
     from azure.data.tables import UpdateMode
 
     try:
-        result = table(TABLE).update_entity(
-            {"PartitionKey": credential_id, "RowKey": CREDENTIAL_ROW, "brokenCode": code}, mode=UpdateMode.MERGE)
-    except Exception as exc:
-        if is_missing(exc):
-            return None
-        raise
+        with storage_errors():
+            result = table(TABLE).update_entity(
+                {"PartitionKey": credential_id, "RowKey": CREDENTIAL_ROW, "brokenCode": code}, mode=UpdateMode.MERGE)
+    except NotFound:
+        return None
     return (result or {}).get("etag")
 
 
-def get_credential(credential_id: str) -> Optional[Credential]:
-    try:
-        return Credential.from_entity(table(TABLE).get_entity(credential_id, CREDENTIAL_ROW))
-    except Exception as exc:
-        if is_missing(exc):
-            return None
-        raise
+def get_credential(credential_id: str) -> Credential | None:
+    entity = get_or_none(table(TABLE), credential_id, CREDENTIAL_ROW)
+    return None if entity is None else Credential.from_entity(entity)
 
 
 def add_account(credential_id: str, account_id: str, mailbox: str) -> None:
     from azure.data.tables import UpdateMode
 
     row = IndexRow(accountId=account_id, mailbox=mailbox)
-    table(TABLE).upsert_entity(row.to_entity(credential_id, ACCOUNT_PREFIX + account_id), mode=UpdateMode.REPLACE)
+    with storage_errors():
+        table(TABLE).upsert_entity(row.to_entity(credential_id, ACCOUNT_PREFIX + account_id), mode=UpdateMode.REPLACE)
 
 
 def remove_account(credential_id: str, account_id: str) -> None:
-    table(TABLE).delete_entity(credential_id, ACCOUNT_PREFIX + account_id)
+    with storage_errors():
+        table(TABLE).delete_entity(credential_id, ACCOUNT_PREFIX + account_id)
 
 
 def account_ids(credential_id: str) -> list[str]:
-    query = "PartitionKey eq @pk and RowKey ge @lo and RowKey lt @hi"
+    where = "PartitionKey eq @pk and RowKey ge @lo and RowKey lt @hi"
     params = {"pk": credential_id, "lo": ACCOUNT_PREFIX, "hi": ACCOUNT_PREFIX[:-1] + chr(ord(ACCOUNT_PREFIX[-1]) + 1)}
-    rows = table(TABLE).query_entities(query, parameters=params, select=["accountId"])
+    rows = query(table(TABLE), where, parameters=params, select=["accountId"])
     return [row["accountId"] for row in rows]
 
 
@@ -108,8 +108,8 @@ def delete_credential_row(credential: Credential) -> bool:
 def stale_credentials(written_before: datetime) -> Iterator[Credential]:
     """Credential rows whose refresh token was last written before ``written_before``, oldest partitions
     first (a filtered scan of the table; the keep-alive takes a bounded number per run)."""
-    rows = table(TABLE).query_entities("RowKey eq @row and tokenWrittenAt lt @before",
-                                       parameters={"row": CREDENTIAL_ROW, "before": written_before})
+    rows = query(table(TABLE), "RowKey eq @row and tokenWrittenAt lt @before",
+                 parameters={"row": CREDENTIAL_ROW, "before": written_before})
     for entity in rows:
         yield Credential.from_entity(entity)
 

@@ -7,10 +7,11 @@ configured in settings (``MC_WEBHOOK_URLS``) have no row; ``shared.webhooks.disp
 from __future__ import annotations
 
 from datetime import datetime
-from typing import ClassVar, Optional
+from typing import ClassVar
 
+from shared.storage.errors import storage_errors
 from shared.storage.tables.client import table
-from shared.storage.tables.records import Record, is_missing
+from shared.storage.tables.records import Record, delete_if_present, get_or_none, query
 
 TABLE = "webhooks"
 PARTITION = "webhook"
@@ -21,32 +22,25 @@ class WebhookRow(Record):
     id: str
     url: str
     events: list[str] = []  # empty: every event
-    description: Optional[str] = None
+    description: str | None = None
     secretName: str
     created: datetime
 
 
 def insert_webhook(row: WebhookRow) -> None:
-    table(TABLE).create_entity(row.to_entity(PARTITION, row.id))
+    with storage_errors():
+        table(TABLE).create_entity(row.to_entity(PARTITION, row.id))
 
 
-def get_webhook(webhook_id: str) -> Optional[WebhookRow]:
-    try:
-        return WebhookRow.from_entity(table(TABLE).get_entity(PARTITION, webhook_id))
-    except Exception as exc:
-        if is_missing(exc):
-            return None
-        raise
+def get_webhook(webhook_id: str) -> WebhookRow | None:
+    entity = get_or_none(table(TABLE), PARTITION, webhook_id)
+    return None if entity is None else WebhookRow.from_entity(entity)
 
 
 def list_webhooks() -> list[WebhookRow]:
-    rows = table(TABLE).query_entities("PartitionKey eq @pk", parameters={"pk": PARTITION})
+    rows = query(table(TABLE), "PartitionKey eq @pk", parameters={"pk": PARTITION})
     return [WebhookRow.from_entity(e) for e in rows]
 
 
 def delete_webhook(webhook_id: str) -> None:
-    try:
-        table(TABLE).delete_entity(PARTITION, webhook_id)
-    except Exception as exc:
-        if not is_missing(exc):
-            raise
+    delete_if_present(table(TABLE), PARTITION, webhook_id)

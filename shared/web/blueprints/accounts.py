@@ -16,8 +16,8 @@ _IGNORED_QUERY = frozenset({"code"})
 def accounts_list(req: func.HttpRequest) -> func.HttpResponse:
     from shared.admin import accounts as service
     from shared.schemas import AccountListQuery
-    from shared.web.http import json_response, validate
     from shared.settings import get_settings
+    from shared.web.http import json_response, validate
 
     # The Functions host joins a repeated name with "," and drops empty values; both then fail validation
     # (or fall back to the default) rather than being half-understood.
@@ -42,10 +42,9 @@ def accounts_get(req: func.HttpRequest) -> func.HttpResponse:
 @api("api")
 def accounts_update(req: func.HttpRequest) -> func.HttpResponse:
     from shared.admin import accounts as service
+    from shared.checks import account_id_param
     from shared.schemas import AccountUpdate
     from shared.web.http import json_response, parse_json
-
-    from shared.checks import account_id_param
 
     account_id = account_id_param(req.route_params.get("account"))
     body = parse_json(req, AccountUpdate)
@@ -56,8 +55,8 @@ def accounts_update(req: func.HttpRequest) -> func.HttpResponse:
 @api("api")
 def accounts_delete(req: func.HttpRequest) -> func.HttpResponse:
     from shared.admin import accounts as service
-    from shared.web.http import json_response
     from shared.settings import get_settings
+    from shared.web.http import json_response
 
     return json_response(service.delete_account(req.route_params.get("account"), get_settings()))
 
@@ -66,11 +65,10 @@ def accounts_delete(req: func.HttpRequest) -> func.HttpResponse:
 @api("api")
 def accounts_reauth(req: func.HttpRequest) -> func.HttpResponse:
     from shared.admin import accounts as service
-    from shared.schemas import ReauthRequest
-    from shared.web.http import json_response, parse_json
-    from shared.settings import get_settings
-
     from shared.checks import account_id_param
+    from shared.schemas import ReauthRequest
+    from shared.settings import get_settings
+    from shared.web.http import json_response, parse_json
 
     account_id = account_id_param(req.route_params.get("account"))
     body = parse_json(req, ReauthRequest)

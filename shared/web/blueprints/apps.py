@@ -12,8 +12,8 @@ bp = func.Blueprint()
 def oauth_apps_create(req: func.HttpRequest) -> func.HttpResponse:
     from shared.admin import apps as service
     from shared.schemas import OAuthAppCreate
-    from shared.web.http import json_response, parse_json
     from shared.settings import get_settings
+    from shared.web.http import json_response, parse_json
 
     body = parse_json(req, OAuthAppCreate)
     return json_response(service.create_app(body, get_settings()), 201)
@@ -23,8 +23,8 @@ def oauth_apps_create(req: func.HttpRequest) -> func.HttpResponse:
 @api("admin")
 def oauth_apps_list(req: func.HttpRequest) -> func.HttpResponse:
     from shared.admin import apps as service
-    from shared.web.http import json_response
     from shared.settings import get_settings
+    from shared.web.http import json_response
 
     return json_response(service.list_apps(get_settings()))
 
@@ -33,8 +33,8 @@ def oauth_apps_list(req: func.HttpRequest) -> func.HttpResponse:
 @api("admin")
 def oauth_apps_get(req: func.HttpRequest) -> func.HttpResponse:
     from shared.admin import apps as service
-    from shared.web.http import json_response
     from shared.settings import get_settings
+    from shared.web.http import json_response
 
     return json_response(service.get_app(req.route_params.get("app"), get_settings()))
 
@@ -44,8 +44,8 @@ def oauth_apps_get(req: func.HttpRequest) -> func.HttpResponse:
 def oauth_apps_update(req: func.HttpRequest) -> func.HttpResponse:
     from shared.admin import apps as service
     from shared.schemas import OAuthAppUpdate
-    from shared.web.http import json_response, parse_json
     from shared.settings import get_settings
+    from shared.web.http import json_response, parse_json
 
     app_id = service.check_app_id(req.route_params.get("app"))
     body = parse_json(req, OAuthAppUpdate)
@@ -56,7 +56,7 @@ def oauth_apps_update(req: func.HttpRequest) -> func.HttpResponse:
 @api("admin")
 def oauth_apps_delete(req: func.HttpRequest) -> func.HttpResponse:
     from shared.admin import apps as service
-    from shared.web.http import json_response
     from shared.settings import get_settings
+    from shared.web.http import json_response
 
     return json_response(service.delete_app(req.route_params.get("app"), get_settings()))

@@ -11,9 +11,9 @@ bp = func.Blueprint()
 @api("api")
 def authentication_form(req: func.HttpRequest) -> func.HttpResponse:
     from shared.admin.forms import create_form_link
-    from shared.web.http import json_response, parse_json
     from shared.schemas import FormRequest
     from shared.settings import get_settings
+    from shared.web.http import json_response, parse_json
 
     form = parse_json(req, FormRequest)
     return json_response(create_form_link(form, get_settings()))

@@ -1,7 +1,8 @@
 """The pages a person's browser visits: ``/accounts/new`` (to Microsoft) and ``/oauth`` (back to the app)."""
 
 import logging
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import azure.functions as func
 
@@ -14,16 +15,16 @@ log = logging.getLogger("mailbox_connect.hosted")
 
 @bp.route(route="accounts/new", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
 def accounts_new(req: func.HttpRequest) -> func.HttpResponse:
-    from shared.signin import flow as signin
     from shared.settings import get_settings
+    from shared.signin import flow as signin
 
     return _hosted(lambda: signin.start(req.params.get("data"), req.params.get("sig"), get_settings()))
 
 
 @bp.route(route="oauth", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
 def oauth_callback(req: func.HttpRequest) -> func.HttpResponse:
-    from shared.signin import flow as signin
     from shared.settings import get_settings
+    from shared.signin import flow as signin
 
     params = {k: v for k, v in req.params.items() if isinstance(v, str)}
     return _hosted(lambda: signin.complete(params, parse_cookies(req.headers.get("cookie")), get_settings()))
@@ -31,8 +32,8 @@ def oauth_callback(req: func.HttpRequest) -> func.HttpResponse:
 
 def _hosted(action: Callable[[], "Redirect"]) -> func.HttpResponse:
     from shared.errors import is_transient
-    from shared.signin.pages import SECURITY_HEADERS
     from shared.signin.flow import HostedError
+    from shared.signin.pages import SECURITY_HEADERS
 
     try:
         result = action()
@@ -48,11 +49,14 @@ def _hosted(action: Callable[[], "Redirect"]) -> func.HttpResponse:
 
 
 def page_response(kind: str, **details: str | None) -> func.HttpResponse:
+    from shared.errors import DEFAULT_RETRY_AFTER
     from shared.signin.pages import SECURITY_HEADERS, page
 
     html, status = page(kind, **details)
-    return func.HttpResponse(html, status_code=status, headers=dict(SECURITY_HEADERS), mimetype="text/html",
-                             charset="utf-8")
+    headers = dict(SECURITY_HEADERS)
+    if status == 503:  # every 503 says when to come back, a page for a person too
+        headers["Retry-After"] = str(DEFAULT_RETRY_AFTER)
+    return func.HttpResponse(html, status_code=status, headers=headers, mimetype="text/html", charset="utf-8")
 
 
 def _with_cookies(response: func.HttpResponse, cookies: list[str]) -> func.HttpResponse:

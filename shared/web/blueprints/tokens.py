@@ -10,10 +10,10 @@ bp = func.Blueprint()
 @bp.route(route="v1/account/{account}/oauth-token", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
 @api("api")
 def account_oauth_token(req: func.HttpRequest) -> func.HttpResponse:
-    from shared.web.http import json_response
-    from shared.settings import get_settings
     from shared.checks import account_id_param
     from shared.handoff.tokens import hand_off
+    from shared.settings import get_settings
+    from shared.web.http import json_response
 
     account_id = account_id_param(req.route_params.get("account"))
     result = hand_off(account_id, get_settings())

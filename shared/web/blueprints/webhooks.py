@@ -14,8 +14,8 @@ bp = func.Blueprint()
 def webhooks_create(req: func.HttpRequest) -> func.HttpResponse:
     from shared.admin import webhooks
     from shared.schemas import WebhookCreate
-    from shared.web.http import json_response, parse_json
     from shared.settings import get_settings
+    from shared.web.http import json_response, parse_json
 
     body = parse_json(req, WebhookCreate)
     return json_response(webhooks.create_webhook(body, get_settings()), 201)
@@ -25,8 +25,8 @@ def webhooks_create(req: func.HttpRequest) -> func.HttpResponse:
 @api("admin")
 def webhooks_list(req: func.HttpRequest) -> func.HttpResponse:
     from shared.admin import webhooks
-    from shared.web.http import json_response
     from shared.settings import get_settings
+    from shared.web.http import json_response
 
     return json_response(webhooks.list_webhooks(get_settings()))
 
@@ -35,8 +35,8 @@ def webhooks_list(req: func.HttpRequest) -> func.HttpResponse:
 @api("admin")
 def webhooks_delete(req: func.HttpRequest) -> func.HttpResponse:
     from shared.admin import webhooks
-    from shared.web.http import json_response
     from shared.settings import get_settings
+    from shared.web.http import json_response
 
     return json_response(webhooks.delete_webhook(req.route_params.get("webhook"), get_settings()))
 
@@ -55,8 +55,8 @@ def webhooks_dead_letters(req: func.HttpRequest) -> func.HttpResponse:
 @api("admin")
 def webhooks_dead_letter_resend(req: func.HttpRequest) -> func.HttpResponse:
     from shared.admin import webhooks
-    from shared.web.http import json_response
     from shared.settings import get_settings
+    from shared.web.http import json_response
 
     return json_response(webhooks.resend_dead_letter(req.route_params.get("deadletter"), get_settings()), 202)
 
