@@ -54,6 +54,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from shared.settings import AZURE_MARKERS
+from shared.storage.errors import NotFound, StorageUnavailable, translate
 from shared.storage.secrets.base import (
     SecretNotFound,
     SecretStoreError,
@@ -199,27 +200,18 @@ class LocalSecretStore:
 
     @staticmethod
     def _call(op: str, name: str, fn: Callable[[], Any]) -> Any:
-        from azure.core.exceptions import (
-            AzureError,
-            HttpResponseError,
-            ResourceNotFoundError,
-        )
+        """The secret table's failures as the secret store's errors, through the storage boundary's translation."""
+        from azure.core.exceptions import AzureError, HttpResponseError
 
         try:
             return fn()
-        except ResourceNotFoundError:
-            raise SecretNotFound(f"no secret named {name}") from None
-        except HttpResponseError as exc:
-            status = exc.status_code
-            if status is not None and (status == 429 or status >= 500):
-                raise SecretStoreUnavailable(
-                    f"secret table {op} {name}: HTTP {status}", retry_after=5
-                ) from None
-            raise SecretStoreError(f"secret table {op} {name}: HTTP {status}") from None
         except AzureError as exc:
-            raise SecretStoreUnavailable(
-                f"secret table {op} {name}: {type(exc).__name__}", retry_after=5
-            ) from None
+            error, where = translate(exc), f"secret table {op} {name}"
+            if isinstance(error, NotFound):
+                raise SecretNotFound(f"no secret named {name}") from None
+            if isinstance(error, StorageUnavailable) or not isinstance(exc, HttpResponseError):
+                raise SecretStoreUnavailable(f"{where}: {type(exc).__name__}", retry_after=5) from None
+            raise SecretStoreError(f"{where}: HTTP {exc.status_code}") from None
 
 
 def _aad(version: int, kid: str, name: str) -> bytes:
