@@ -17,11 +17,23 @@ from shared.clouds import BaseScopes, Cloud
 
 
 def _create_token(args: argparse.Namespace) -> int:
-    from shared.storage.tables.apitokens import create_token
+    from pydantic import ValidationError
 
-    scopes = tuple(s.strip() for s in args.scopes.split(",") if s.strip())
-    token, record = create_token(args.name, scopes)
-    print(json.dumps({"id": record.id, "name": record.name, "scopes": list(record.scope_set), "token": token}))
+    from shared.admin.apitokens import create_token
+    from shared.errors import ApiError
+    from shared.schemas import ApiTokenCreate
+
+    scopes = [s.strip() for s in args.scopes.split(",") if s.strip()]
+    try:  # the API's rules: names, scopes, and a restriction (--app, --account) only on an api token
+        body = ApiTokenCreate.model_validate({"name": args.name, "scopes": scopes, "apps": args.app,
+                                              "accounts": args.account})
+        created = create_token(body)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        raise ValueError(f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}") from None
+    except ApiError as exc:
+        raise ValueError(exc.message) from None
+    print(json.dumps(created.model_dump(mode="json", exclude_none=True, exclude={"created"})))
     print("Store this token now: it is shown once and cannot be read back.", file=sys.stderr)
     return 0
 
@@ -52,22 +64,55 @@ def _list_apps(args: argparse.Namespace) -> int:
 
 
 def _ensure_signing_key(args: argparse.Namespace) -> int:
-    """Create Key Vault secret ``mc-signing-key`` once (Azure); never prints the key."""
+    """Create Key Vault secret ``mc-signing-key`` once (Azure); never prints the key. ``--rotate``: as
+    ``rotate-signing-key`` (open links keep working through the grace period)."""
     from shared.storage.keys import SIGNING_KEY_SECRET
     from shared.storage.secrets.base import SecretNotFound
     from shared.storage.secrets.factory import get_secret_store
 
+    if args.rotate:
+        return _rotate_signing_key(args)
     store = get_secret_store()
     try:
         store.get(SIGNING_KEY_SECRET)
-        exists = True
-    except SecretNotFound:
-        exists = False
-    if exists and not args.rotate:
-        print(f"{SIGNING_KEY_SECRET} exists; nothing to do (use --rotate to replace it)")
+        print(f"{SIGNING_KEY_SECRET} exists; nothing to do (rotate it with rotate-signing-key)")
         return 0
+    except SecretNotFound:
+        pass
     store.set(SIGNING_KEY_SECRET, secrets.token_urlsafe(48))
-    print(f"{SIGNING_KEY_SECRET} written; restart the function app so every instance reads it")
+    print(f"{SIGNING_KEY_SECRET} written")
+    return 0
+
+
+def _rotate_signing_key(args: argparse.Namespace) -> int:
+    """A new current key in ``mc-signing-key``; today's key stays accepted for the grace period. Every instance
+    signs with the new key within ``shared.storage.keys.REFRESH_SECONDS`` (no restart). Never prints a key."""
+    import time
+
+    from shared.settings import get_settings
+    from shared.storage.keys import REFRESH_SECONDS, SIGNING_KEY_SECRET, parse_ring, ring_text, rotated
+    from shared.storage.secrets.factory import get_secret_store
+
+    settings = get_settings()
+    if not settings.key_vault_url:
+        raise ValueError("the signing key to rotate is Key Vault secret mc-signing-key: set MC_KEY_VAULT_URL "
+                         "(locally the key is MC_SIGNING_KEY: change it and restart; open links stop working)")
+    grace = getattr(args, "grace_seconds", None)
+    grace = settings.link_max_ttl_seconds + 3600 if grace is None else grace
+    if grace < 0:
+        raise ValueError("--grace-seconds: 0 or more")
+    store = get_secret_store(settings)
+    ring = parse_ring(store.get(SIGNING_KEY_SECRET))
+    now = time.time()
+    if ring.previous is not None and ring.previous_until is not None and now < ring.previous_until and \
+            not getattr(args, "force", False):
+        left = int(ring.previous_until - now)
+        raise ValueError(f"the previous key is still accepted for {left} s (links signed with it are open); "
+                         "rotate after that, or pass --force to drop it now")
+    store.set(SIGNING_KEY_SECRET, ring_text(rotated(ring, secrets.token_urlsafe(48), grace_seconds=grace, now=now)))
+    until = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now + grace))
+    print(f"{SIGNING_KEY_SECRET} rotated: every instance signs with the new key within {int(REFRESH_SECONDS)} s "
+          f"(no restart); the previous key is accepted until {until}")
     return 0
 
 
@@ -78,6 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("create-token", help="mint an API token (printed once)")
     p.add_argument("--name", required=True)
     p.add_argument("--scopes", default="api", help="comma-separated: api, admin (default api)")
+    p.add_argument("--app", action="append", metavar="APP_ID",
+                   help="restrict the token to this OAuth app (repeatable; scope api only)")
+    p.add_argument("--account", action="append", metavar="ACCOUNT_ID",
+                   help="restrict the token to this account (repeatable; scope api only)")
     p.set_defaults(run=_create_token)
 
     p = sub.add_parser("add-app", help="register a Microsoft OAuth app; prints the id to use as 'type'")
@@ -94,8 +143,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_list_apps)
 
     p = sub.add_parser("ensure-signing-key", help="create the link-signing key in Key Vault (Azure)")
-    p.add_argument("--rotate", action="store_true", help="replace an existing key (invalidates open links)")
+    p.add_argument("--rotate", action="store_true", help="rotate an existing key (as rotate-signing-key)")
     p.set_defaults(run=_ensure_signing_key)
+
+    p = sub.add_parser("rotate-signing-key", help="a new link-signing key in Key Vault; the previous one stays "
+                                                  "accepted for a grace period, so open links keep working")
+    p.add_argument("--grace-seconds", type=int, default=None,
+                   help="how long the previous key is accepted (default MC_LINK_MAX_TTL_SECONDS + 3600)")
+    p.add_argument("--force", action="store_true", help="rotate although the previous key is still in its grace "
+                                                        "(links signed with it stop working)")
+    p.set_defaults(run=_rotate_signing_key)
     return parser
 
 

@@ -10,19 +10,25 @@ two cannot drift apart.
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import datetime
-from typing import Annotated, Any, Final, Literal
+from typing import Annotated, Any, Final, Literal, get_args
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
-from shared.checks import check_account_id, check_email, check_webhook_url
+from shared.checks import check_account_id, check_email, check_webhook_url, ill_formed_text
 from shared.clouds import BaseScopes, Cloud
 
 AccountId = Annotated[str, AfterValidator(check_account_id)]
 """An account id in a body (``checks.account_id_param`` is the same rule for route parameters)."""
 
 AccountState = Literal["connected", "authenticationError"]
+# Whether the signer was proven to open the account's mailbox (shared/signin/flow.py, "Who a mailbox belongs to"):
+# ok: proven (at sign-in, or later by shared.core.mailbox_access.prove_access); pending: the check could not run
+# yet; off: MC_ACCESS_CHECK=off at sign-in; denied: a later check found the signer can no longer open it.
+AccessCheck = Literal["ok", "pending", "off", "denied"]
 TokenScope = Literal["api", "admin"]
 Provider = Literal["outlook"]  # only Microsoft 365 / Outlook
 MaskedSecret = Literal["******"]
@@ -37,12 +43,37 @@ AUTHORITY_PATTERN = rf"^(?:common|organizations|consumers|{_GUID}|{_DOMAIN})$"
 CLIENT_ID_PATTERN = r"^[A-Za-z0-9._-]{1,128}$"
 SCOPE_PATTERN = r"^[!-~]{1,256}$"  # printable ASCII without spaces (a URI or a short name)
 ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"  # OAuth app and API token ids in paths
+LINK_ID_PATTERN = r"^[A-Za-z0-9_-]{16,64}$"  # a link's id (its nonce) in GET /v1/links/{link}
+MAX_TOKEN_APPS = 10  # an app restriction is an OData filter: Table Storage allows 15 comparisons in one
+MAX_TOKEN_ACCOUNTS = 100  # an account-restricted listing reads the accounts one by one
+MAX_RESTRICTION_CHARS = 30_000  # stored as JSON in one Table property (at most 32K UTF-16 characters)
+AppIdItem = Annotated[str, Field(pattern=ID_PATTERN)]
 
+
+
+class _WellFormedText(BaseModel):
+    """Every string of the input, at any depth and object keys included, is well-formed Unicode text
+    (``shared.checks.text_problem``: no unpaired surrogate, no non-character), checked before the fields.
+
+    The base of every request model and of ``LinkData``: JSON can spell a lone surrogate (``"\\ud800"``) that
+    UTF-8 cannot encode, and it would otherwise fail later, at a storage write half-way through a sign-in.
+    The error (type ``invalid_text``) names the field in its context (``shared.web.http.validation_error``).
+    """
+
+    @model_validator(mode="before")
+    @classmethod
+    def _well_formed_text(cls, data: Any) -> Any:
+        found = ill_formed_text(data)
+        if found is not None:
+            field, problem = found
+            raise PydanticCustomError("invalid_text", "{field}: {problem}" if field else "{problem}",
+                                      {"field": field, "problem": problem})
+        return data
 
 
 # --- the form (EmailEngine's hosted authentication) and the signed link --------------------------------
 
-class FormRequest(BaseModel):
+class FormRequest(_WellFormedText):
     """EmailEngine's ``POST /v1/authentication/form`` body, plus ``expiresIn`` (seconds, capped)."""
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
@@ -75,9 +106,12 @@ class FormRequest(BaseModel):
 class FormResponse(BaseModel):
     url: str
     expires: str
+    link: str = Field(..., description="The link's id: it comes back on the redirect as `link=`; keep it with "
+                                       "the user you made the link for and verify the return with "
+                                       "`GET /v1/links/{link}`. It cannot be used to open the link.")
 
 
-class LinkData(BaseModel):
+class LinkData(_WellFormedText):
     """Everything a sign-in link carries; signed as a whole, so nothing in it can be changed."""
 
     model_config = ConfigDict(extra="forbid")
@@ -110,7 +144,7 @@ class _Model(BaseModel):
     model_config = ConfigDict(defer_build=True)
 
 
-class _Request(_Model):
+class _Request(_Model, _WellFormedText):
     model_config = ConfigDict(extra="forbid")
 
 
@@ -132,17 +166,36 @@ class ApiTokenCreate(_Request):
         default_factory=_api_scope_only, min_length=1, max_length=2,
         description="`api`: forms, accounts, token hand-off. `admin`: OAuth apps and API tokens.",
     )
+    apps: list[AppIdItem] | None = Field(
+        None, min_length=1, max_length=MAX_TOKEN_APPS,
+        description="Restrict the token to these OAuth apps (ids): it sees and acts on their accounts only, and "
+                    "creates forms only for them. Only with scope `api`. Left out: every app.",
+    )
+    accounts: list[AccountId] | None = Field(
+        None, min_length=1, max_length=MAX_TOKEN_ACCOUNTS,
+        description="Restrict the token to these account ids (with `apps` too: those of them in these apps); its "
+                    "forms must name one of them. Only with scope `api`. Left out: every account.",
+    )
 
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
         return _not_blank(value)
 
+    @field_validator("apps", "accounts")
+    @classmethod
+    def _unique(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and len(json.dumps(value, separators=(",", ":"))) > MAX_RESTRICTION_CHARS:
+            raise ValueError(f"at most {MAX_RESTRICTION_CHARS} characters in all; use fewer or shorter ids")
+        return None if value is None else list(dict.fromkeys(value))
+
 
 class ApiTokenInfo(_Model):
     id: str
     name: str
     scopes: list[TokenScope]
+    apps: list[str] | None = Field(None, description="Present on a restricted token: the OAuth apps it is limited to")
+    accounts: list[str] | None = Field(None, description="Present on a restricted token: the accounts it is limited to")
     created: datetime
 
 
@@ -306,6 +359,13 @@ class AccountInfo(_Model):
     app: str = Field(..., description="The OAuth app id (`type`)")
     state: AccountState
     lastError: AccountError | None = Field(None, description="Present when state is authenticationError")
+    accessCheck: AccessCheck = Field(
+        ..., description="`ok`: the signer was proven to open the mailbox; `pending`: the check could not run at "
+                         "sign-in and is still to be made (the account works, but cannot move to another signer); "
+                         "`off`: not checked (MC_ACCESS_CHECK=off); `denied`: a later check was refused")
+    expectedEmail: str | None = Field(
+        None, description="The address pinned by the `expectedEmail` of a sign-in: every later sign-in for this "
+                          "account must prove it (the mailbox, or the signer's own address)")
     syncFrom: str | None = None
     notifyFrom: str | None = None
     subconnections: list[str] | None = None
@@ -331,6 +391,19 @@ class AccountDeleted(_Model):
 class ReauthRequest(_Request):
     redirectUrl: str = Field(..., max_length=2048, description="Where the browser returns after the sign-in")
     expiresIn: int | None = Field(None, gt=0, description="Link lifetime in seconds (capped by the service)")
+
+
+# --- verifying the return (GET /v1/links/{link}; implemented in shared/admin/links.py) -----------------------
+
+class LinkStatus(_Model):
+    """What a completed sign-in link produced: the answer an app checks the redirect's parameters against."""
+
+    link: str = Field(..., description="The link id (`link` of the form's answer and of the redirect)")
+    account: str = Field(..., description="The account this link's sign-in wrote")
+    state: Literal["new", "existing"] = Field(..., description="As on the redirect: a new or an existing account")
+    completed: bool = Field(True, description="Always true: a link that produced no account answers 404")
+    completedAt: datetime | None = Field(None, description="When the sign-in completed (absent if not recorded)")
+    app: str | None = Field(None, description="The OAuth app id of the link")
 
 
 # --- token hand-off (GET /v1/account/{account}/oauth-token; implemented in shared/handoff/tokens.py) ---------------
@@ -389,7 +462,8 @@ class ReauthenticationRequiredBody(_Model):
 
 # --- webhooks (scope ``admin``; implemented in shared/webhooks/dispatcher.py) ----------------------------------------
 
-EventType = Literal["accountAdded", "authenticationSuccess", "authenticationError", "accountDeleted"]
+EventType = Literal["accountAdded", "authenticationSuccess", "authenticationError", "accountDeleted",
+                    "mailboxAccessLost"]
 WebhookSource = Literal["api", "settings"]  # settings: from MC_WEBHOOK_URLS
 WEBHOOK_ID_PATTERN = r"^[a-z0-9]{1,40}$"
 DEAD_LETTER_ID_PATTERN = r"^[a-z0-9]{1,40}\.[0-9a-f]{28}$"
@@ -398,7 +472,7 @@ DEAD_LETTER_ID_PATTERN = r"^[a-z0-9]{1,40}\.[0-9a-f]{28}$"
 class WebhookCreate(_Request):
     url: str = Field(..., max_length=2048,
                      description="https URL that receives the events (plain http only for localhost)")
-    events: list[EventType] = Field(default_factory=list, max_length=4,
+    events: list[EventType] = Field(default_factory=list, max_length=len(get_args(EventType)),
                                     description="The events to send; empty or left out: every event")
     description: str | None = Field(None, max_length=256)
 

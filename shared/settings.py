@@ -9,10 +9,12 @@ and is a contract with the Bicep template (``infra/bicep``) and the tests.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -81,7 +83,15 @@ class Settings(BaseModel):
 
     @property
     def redirect_origins(self) -> tuple[str, ...]:
-        return tuple(o.strip().rstrip("/").lower() for o in self.redirect_allowlist.split(",") if o.strip())
+        """``MC_REDIRECT_ALLOWLIST`` as origins spelt like ``shared.checks.origin_of`` spells a URL's
+        (``https://app.example:443/`` -> ``https://app.example``), so an entry matches however it is written.
+
+        A malformed entry (not an http(s) origin: a path, credentials, a bad port, ...) is logged once and
+        matches nothing; the allowlist stays in force, so a typo refuses redirects instead of allowing every
+        origin, and never fails a request.
+        """
+        entries = [e.strip() for e in self.redirect_allowlist.split(",") if e.strip()]
+        return tuple(normalise_origin(entry, n) or f"(malformed entry {n})" for n, entry in enumerate(entries, 1))
 
     @property
     def oauth_redirect_uri(self) -> str:
@@ -95,6 +105,33 @@ class Settings(BaseModel):
 
     def table_name(self, base: str) -> str:
         return f"{self.table_prefix}{base}"
+
+
+_reported: set[str] = set()
+
+
+def normalise_origin(entry: str, position: int = 1) -> str | None:
+    """An allowlist entry as ``scheme://host[:port]`` (lower case, default port dropped, IPv6 in brackets:
+    the spelling of ``shared.checks.origin_of``), or None (logged once) when it is not an http(s) origin."""
+    try:
+        parts = urlsplit(entry.strip())
+        port = parts.port
+        host = parts.hostname or ""
+        if (parts.scheme.lower() not in ("http", "https") or not host or port == 0 or "@" in parts.netloc
+                or parts.path not in ("", "/") or parts.query or parts.fragment or "#" in entry):
+            raise ValueError(entry)
+    except ValueError:
+        if entry not in _reported:  # by position: an entry may hold anything, even credentials
+            _reported.add(entry)
+            logging.getLogger("mailbox_connect.settings").error(
+                "MC_REDIRECT_ALLOWLIST: entry %d is not an origin (scheme://host[:port]); it matches nothing",
+                position)
+        return None
+    scheme = parts.scheme.lower()
+    if ":" in host:
+        host = f"[{host}]"
+    default = {"https": 443, "http": 80}[scheme]
+    return f"{scheme}://{host}{f':{port}' if port and port != default else ''}".lower()
 
 
 def read_local_settings(path: Path | None = None) -> dict[str, str]:

@@ -56,9 +56,11 @@ def env(monkeypatch: pytest.MonkeyPatch, azurite: Azurite, table_prefix: str, tm
 def _reset() -> None:
     from shared.handoff.tokens import reset_token_cache
     from shared.microsoft.identity import _http_cache
+    from shared.storage.keys import reset_keys
     from shared.storage.secrets.factory import reset_secret_store
 
     get_settings.cache_clear()
+    reset_keys()  # the signing key ring read from a Key Vault fake of an earlier test
     reset_clients()
     reset_secret_store()
     _http_cache.clear()  # MSAL discovery is keyed by URL, and fakes of different tests may reuse a port

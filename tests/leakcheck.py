@@ -19,7 +19,11 @@ What counts as a secret (collected while the test runs):
 * every value written to a secret store (``LocalSecretStore.set``, ``KeyVaultSecretStore.set``): refresh
   tokens, client secrets, the signing key in Key Vault;
 * every API token minted by ``shared.storage.tables.apitokens.create_token`` (tests, the CLI, ``POST /v1/tokens``);
-* the ``MC_SIGNING_KEY`` and ``MC_LOCAL_SECRET_KEY`` of the test's environment.
+* the ``MC_SIGNING_KEY`` and ``MC_LOCAL_SECRET_KEY`` of the test's environment;
+* every authorization code the fake identity platform issued, and every sign-in ``state`` the service sent
+  a browser off to Microsoft with (the ``state`` of a ``Location`` in any service response): whoever holds
+  a code and its state can finish someone's sign-in, so neither may appear in a log the service writes
+  (issue 12 point 11).
 
 Values shorter than 16 characters or with fewer than 8 distinct characters are ignored (fuzzed "secrets"
 such as ``"0000..."`` would match anything). Each secret is searched whole and, for long ones, by a
@@ -27,8 +31,12 @@ such as ``"0000..."`` would match anything). Each secret is searched whole and, 
 
 Allowed by design, and only there: an API token in the answer of ``POST /v1/tokens`` (shown once); an access
 token in the answer of ``GET /v1/account/{account}/oauth-token`` (the hand-off); a webhook's signing secret
-(a secret-store value) in the answer of ``POST /v1/webhooks`` (shown once). The ``create-token`` CLI
-prints its token to stdout, which is not captured here (it is neither a log record nor a response).
+(a secret-store value) in the answer of ``POST /v1/webhooks`` (shown once); the sign-in state in the answer
+of ``GET /accounts/new`` (the redirect to Microsoft carries it). Codes and states in the request lines
+urllib3 logs (``urllib3.connectionpool``): that logger writes the request line of every HTTP client in the
+test process, and the code travels in the URL only from the browser to ``/oauth``, so what it logs there is a
+test's browser, never the service (whose own requests send the code in a POST body). The ``create-token``
+CLI prints its token to stdout, which is not captured here (it is neither a log record nor a response).
 
 A leak does not fail the test that caused it (its teardown has already run); it is reported at the end of
 the session with the test's id, the kind of secret and where it appeared (the secret masked), and the run
@@ -58,12 +66,17 @@ API_TOKEN = "API token"
 STORED_SECRET = "secret-store value"
 SIGNING_KEY = "signing key (MC_SIGNING_KEY)"
 LOCAL_SECRET_KEY = "local secret-store key (MC_LOCAL_SECRET_KEY)"
+AUTH_CODE = "authorization code"
+SIGNIN_STATE = "sign-in state"
 
 _ENV_SECRETS = {"MC_SIGNING_KEY": SIGNING_KEY, "MC_LOCAL_SECRET_KEY": LOCAL_SECRET_KEY}
 _HAND_OFF = re.compile(r"^/v1/account/[^/]+/oauth-token/?$", re.IGNORECASE)
 _MINT = re.compile(r"^/v1/tokens/?$", re.IGNORECASE)
 _WEBHOOK_CREATE = re.compile(r"^/v1/webhooks/?$", re.IGNORECASE)  # its signing secret, shown once
+_SIGNIN_START = re.compile(r"^/accounts/new/?$", re.IGNORECASE)  # redirects to Microsoft with the state
 _KNOWN_PREFIXES = ("1.A", "mc_")  # fixed prefixes of fake refresh tokens and API tokens: not random
+# Loggers that write the request lines of every HTTP client in the process (tests' browsers included).
+_CLIENT_REQUEST_LOGGERS = frozenset({"urllib3.connectionpool"})
 
 
 def allowed_kinds(method: str, target: str) -> frozenset[str]:
@@ -77,7 +90,22 @@ def allowed_kinds(method: str, target: str) -> frozenset[str]:
         return frozenset({API_TOKEN})
     if method.upper() == "POST" and _WEBHOOK_CREATE.match(path):
         return frozenset({STORED_SECRET})
+    if method.upper() == "GET" and _SIGNIN_START.match(path):
+        return frozenset({SIGNIN_STATE})
     return frozenset()
+
+
+def allowed_in_log(logger: str) -> frozenset[str]:
+    """The kinds of secret a log record of ``logger`` may carry: codes and states in client request lines."""
+    return frozenset({AUTH_CODE, SIGNIN_STATE}) if logger in _CLIENT_REQUEST_LOGGERS else frozenset()
+
+
+def states_in(headers: list[tuple[str, str]]) -> list[str]:
+    """The ``state`` of every ``Location`` in ``headers`` (the service sending a browser to Microsoft)."""
+    from urllib.parse import parse_qs, urlsplit
+
+    return [state for name, value in headers if name.lower() == "location"
+            for state in parse_qs(urlsplit(value).query).get("state", [])]
 
 
 def is_secret_like(value: Any) -> bool:
@@ -158,7 +186,7 @@ class LeakCheck:
         with self._lock:
             bucket, self._bucket = self._bucket, _Bucket()
         for fake in bucket.identities:
-            for value, kind in issued_secrets(fake):
+            for value, kind in [*issued_secrets(fake), *issued_codes(fake)]:
                 if is_secret_like(value):
                     bucket.secrets.setdefault(value, kind)
         # Records a server thread logs just after a test ended land in the next bucket: check them against
@@ -217,6 +245,12 @@ def issued_secrets(fake: Any) -> Iterable[tuple[str, str]]:
     return out
 
 
+def issued_codes(fake: Any) -> list[tuple[str, str]]:
+    """The authorization codes a ``FakeIdentity`` issued (its ``_codes`` registry keeps used ones too)."""
+    with fake._lock:
+        return [(code, AUTH_CODE) for code in fake._codes]
+
+
 # --- wiring -------------------------------------------------------------------------------------------
 
 class _Handler(logging.Handler):
@@ -236,7 +270,7 @@ class _Handler(logging.Handler):
             text += "\n" + record.exc_text
         if record.stack_info:
             text += "\n" + record.stack_info
-        self.check.add_capture(Capture("log", record.name, text))
+        self.check.add_capture(Capture("log", record.name, text, allowed_in_log(record.name)))
 
 
 def _on_response(check: LeakCheck):
@@ -244,6 +278,8 @@ def _on_response(check: LeakCheck):
         head = "\n".join(f"{name}: {value}" for name, value in headers)
         text = f"{status}\n{head}\n\n{body.decode('utf-8', 'replace')}"
         where = f"{method} {target[:200]} -> {status}"
+        for state in states_in(headers):
+            check.add_secret(state, SIGNIN_STATE)
         check.add_capture(Capture("response", where, text, allowed_kinds(method, target)))
 
     return hook

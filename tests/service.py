@@ -124,10 +124,16 @@ class SignIn:
         return self.final.headers.get("Location", "")
 
     @property
-    def result(self) -> dict[str, str]:
-        """The query the app receives on its redirectUrl."""
+    def returned(self) -> dict[str, str]:
+        """The query the app receives on its redirectUrl, all of it."""
         assert self.location.startswith(APP_REDIRECT), (self.final.status_code, self.location, self.final.text[:500])
         return query(self.location)
+
+    @property
+    def result(self) -> dict[str, str]:
+        """The query the app receives on its redirectUrl, without the link id (``link``, on every redirect back:
+        tests/test_return_verification.py is about it; ``returned`` has it)."""
+        return {k: v for k, v in self.returned.items() if k != "link"}
 
 
 def connect(service: Service, user: Any, **link: Any) -> str:

@@ -160,8 +160,10 @@ def test_graph_own_mailbox_is_checked_with_me(graph_app, service, identity, grap
     assert graph_app.sign_in(graph_app.link(type=graph_app.app.id), ada).result["state"] == "new"
     refused = graph_app.sign_in(graph_app.link(type=graph_app.app.id), carl).result
     assert refused["error"] == "mailbox_not_found" and "carl@contoso.com" in refused["error_description"]
+    # Each own mailbox: the signer's directory record first (issue 12 point 1: the address comes from it), then
+    # the mailbox itself.
     assert [(r["path"], r["status"]) for r in graph.requests] == \
-        [("/v1.0/me/mailFolders/inbox", 200), ("/v1.0/me/mailFolders/inbox", 404)]
+        [("/v1.0/me", 200), ("/v1.0/me/mailFolders/inbox", 200), ("/v1.0/me", 200), ("/v1.0/me/mailFolders/inbox", 404)]
 
 
 # --- the setting, and checks that cannot run ----------------------------------------------------------

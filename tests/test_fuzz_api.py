@@ -29,12 +29,21 @@ sets ``node._nodeid``), so the test drives its Python API (``operation.as_strate
 ``case.call_and_validate``) under hypothesis itself, one operation after the other, and reports the failures
 of all operations together.
 
+Hostile values the schema cannot describe (``test_hostile_values_in_every_field_of_every_operation``, issue 12
+point 6): a schema-valid case with one value made hostile: any string of the body (at any depth, object keys
+included) or of the query turned into text with a lone surrogate or a Unicode non-character, or any body
+value replaced by arrays/objects nested up to thousands deep, or by a number of up to 5,000 digits, ``1e999``
+or ``NaN``. Every such request must get a 4xx with an error body, never a 5xx nor a 2xx (nothing of it may be
+stored), and afterwards no row is orphaned (``tests.invariants.problems``).
+
 Runtime is bounded by ``EXAMPLES`` (examples per operation, mode and parameter source); the whole module
-takes about 12 s on two cores (``MC_FUZZ_EXAMPLES=100`` for a longer run).
+takes about 25 s on two cores (``MC_FUZZ_EXAMPLES=100`` for a longer run).
 """
 
 from __future__ import annotations
 
+import copy
+import json
 import os
 from collections import Counter
 from typing import Any
@@ -57,6 +66,7 @@ from schemathesis.specs.openapi.checks import (
 
 from shared.storage.tables.apitokens import create_token
 from shared.storage.tables.client import table
+from tests.invariants import problems, survey
 from tests.service import APP_REDIRECT
 
 EXAMPLES = int(os.environ.get("MC_FUZZ_EXAMPLES", "15"))
@@ -71,11 +81,12 @@ def fuzz_settings(examples: int) -> settings:
 
 @pytest.fixture
 def seeded(service, identity) -> dict[str, str]:
-    """One connected account, the service's OAuth app and an expendable API token, for path parameters."""
+    """One connected account (and the link that made it), the service's OAuth app and an expendable API token,
+    for path parameters."""
     user = identity.add_user("fuzz@contoso.com", email="fuzz@contoso.com")
-    result = service.sign_in(service.link(name="Fuzz"), user).result
+    result = service.sign_in(service.link(name="Fuzz"), user).returned
     _, spare = create_token("spare", ("api",))
-    return {"account": result["account"], "app": service.app.id, "id": spare.id}
+    return {"account": result["account"], "app": service.app.id, "id": spare.id, "link": result["link"]}
 
 
 def load_schema(service, token: str | None = None) -> Any:
@@ -183,6 +194,125 @@ def test_every_operation_without_a_token(service, seeded):
                     extra=refused)
     assert not failures, report(failures)
     assert table("accounts").get_entity(seeded["account"], "")  # nothing was changed without a token
+
+
+# --- hostile values (issue 12 point 6) ------------------------------------------------------------------
+
+SURROGATES = st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF)
+NONCHARACTERS = st.sampled_from(["\ufffe", "\uffff", *map(chr, range(0xFDD0, 0xFDF0)),
+                                 *(chr(plane << 16 | low) for plane in range(1, 17) for low in (0xFFFE, 0xFFFF))])
+
+
+def ill_formed(bad: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
+    """Text with one bad character somewhere (start, middle, end, or alone)."""
+    return st.builds(lambda before, char, after: before + char + after, st.text(max_size=8), bad, st.text(max_size=8))
+
+
+MARK = "\u2063hostile\u2063"  # stands for the raw JSON that replaces it
+
+
+def slots(value: Any, path: tuple = ()) -> list[tuple[tuple, str]]:
+    """Every place in a JSON value: ("value", path) for each value (strings too), ("key", path) for each key."""
+    found: list[tuple[tuple, str]] = [(path, "value")] if path else []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found.append(((*path, key), "key"))
+            found += slots(item, (*path, key))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            found += slots(item, (*path, i))
+    return found
+
+
+def put(value: Any, path: tuple, new: Any, where: str) -> Any:
+    """A copy of ``value`` with the value (or the key) at ``path`` replaced by ``new``."""
+    out = copy.deepcopy(value)
+    parent = out
+    for step in path[:-1]:
+        parent = parent[step]
+    if where == "key":
+        parent[new] = parent.pop(path[-1])
+    else:
+        parent[path[-1]] = new
+    return out
+
+
+@st.composite
+def hostile_request(draw, case) -> tuple[str, dict[str, Any], str]:
+    """(kind, query, raw JSON body or "") of ``case`` with one hostile value."""
+    body = case.body if isinstance(case.body, (dict, list)) else None
+    query = dict(case.query) if isinstance(case.query, dict) else {}
+    text_query = [k for k, v in query.items() if isinstance(v, str)]
+    kinds = (["text", "nesting", "number"] if body is not None else []) + (["query"] if text_query else [])
+    kind = draw(st.sampled_from(kinds))
+    if kind == "query":  # a URL carries UTF-8: non-characters travel, lone surrogates cannot
+        query[draw(st.sampled_from(text_query))] = draw(ill_formed(NONCHARACTERS))
+        return kind, query, json.dumps(body) if body is not None else ""
+    places = slots(body) or [((), "root")]
+    path, where = draw(st.sampled_from(places))
+    if kind == "text" and where == "key":
+        new_body = put(body, path, draw(ill_formed(st.one_of(SURROGATES, NONCHARACTERS))), "key")
+        return kind, query, json.dumps(new_body)  # ensure_ascii: a surrogate goes out as its \\u escape
+    if kind == "text":
+        bad = draw(ill_formed(st.one_of(SURROGATES, NONCHARACTERS)))
+        return kind, query, json.dumps(put(body, path, bad, "value") if path else {**body, "account": bad})
+    if kind == "nesting":
+        depth = draw(st.one_of(st.integers(33, 64), st.integers(65, 5000)))
+        opener = draw(st.sampled_from(["[", '{"a":']))
+        raw = opener * depth + ("1" if opener == '{"a":' else "") + ("]" if opener == "[" else "}") * depth
+    else:
+        raw = draw(st.one_of(st.integers(65, 5000).map(lambda n: "9" * n),
+                             st.integers(65, 5000).map(lambda n: "-1" + "0" * n),
+                             st.sampled_from(["1e999", "-1e999", "NaN", "Infinity", "-Infinity", "2" * 65 + ".5"])))
+    container = put(body, path, MARK, "value") if path else {"expiresIn": MARK}
+    return kind, query, json.dumps(container).replace(json.dumps(MARK), raw)
+
+
+def test_hostile_values_in_every_field_of_every_operation(service, seeded):
+    schema, operations = load_schema(service, service.token)
+    targets = [op for op in operations if op.body or any(p.location == "query" for p in op.iter_parameters())]
+    assert len(targets) >= 8, [op.label for op in targets]
+    failures: dict[str, BaseException] = {}
+    kinds: Counter = Counter()
+
+    def fuzz_one(operation) -> None:
+        @fuzz_settings(max(10, EXAMPLES))
+        @given(draw=st.data())
+        def run(draw):
+            case = draw.draw(strategy(operation, GenerationMode.POSITIVE, seeded), label="case")
+            if isinstance(case.query, dict):
+                case.query = {k: v for k, v in case.query.items() if v not in ("", None, [])}
+            strings_in_query = any(isinstance(v, str) for v in (case.query or {}).values())
+            if not isinstance(case.body, (dict, list)) and not strings_in_query:
+                return  # nothing of this case to make hostile
+            kind, query, raw = draw.draw(hostile_request(case), label="hostile")
+            kinds[kind] += 1
+            headers = {"Content-Type": "application/json"} if raw else {}
+            response = service.api(operation.method.upper(), case.formatted_path, params=query,
+                                   data=raw.encode() if raw else None, headers=headers)
+            assert 400 <= response.status_code < 500, (kind, response.status_code, raw[:200], query,
+                                                       response.text[:300])
+            if not response.headers.get("Content-Type", "").startswith("application/json"):
+                assert "<h1>" in response.text, response.text[:300]  # a hosted page, for a person
+                return
+            body = response.json()
+            assert body["error"] and body["message"], body
+            route_checked_first = body.get("field") in {p.name for p in operation.path_parameters}
+            if kind in ("nesting", "number") and response.status_code == 400 and not route_checked_first:
+                assert body["error"] == "invalid_json", (kind, raw[:200], body)
+
+        try:
+            run()
+        except (Exception, BaseExceptionGroup) as exc:  # noqa: BLE001 - report all operations together
+            failures[operation.label] = exc
+
+    for operation in targets:
+        fuzz_one(operation)
+    print(dict(kinds))
+    assert not failures, report(failures)
+    assert service.api("GET", "/v1/tokens").status_code == 200
+    assert_no_dangling_rows()
+    assert problems(survey()) == []
 
 
 def assert_no_dangling_rows() -> None:

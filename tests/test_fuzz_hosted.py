@@ -13,6 +13,13 @@ UTF-16 bytes (invalid UTF-8); parameters duplicated, re-cased, reordered, with e
 also Microsoft's ``error``/``error_description`` (CRLF, HTML, 5 kB) and the browser-binding cookie kept,
 dropped, changed, shadowed by an earlier cookie of the same name, or another sign-in's cookie.
 
+Hostile values (issue 12 point 6): link data whose JSON carries a lone surrogate or a non-character in any
+string, arrays nested thousands deep, or numbers of thousands of digits, ``1e999``, ``NaN``; query values
+with a lone surrogate (CESU-8 bytes, invalid UTF-8) or a non-character; and links *signed with the service's
+key* (as an older version signed them, before it refused such text at the form) with ill-formed text in any
+one of their string fields, nested ``meta`` values and keys included: each ends on the readable
+"link not valid" page, with no flow or anything else written.
+
 Every answer: never a 5xx; a redirect (``Location``) only to Microsoft's authorize endpoint of the fake (for
 a genuine link, with our ``/oauth`` as redirect URI) or to the ``redirectUrl`` the link was signed with
 (for a callback of a genuine flow); no account, credential, index row, link nonce or secret written unless
@@ -32,7 +39,7 @@ from typing import Any
 from urllib.parse import parse_qs, quote, quote_plus, urlsplit
 
 import pytest
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import HealthCheck, Phase, assume, given, settings
 from hypothesis import strategies as st
 
 from shared.storage.tables.client import table
@@ -61,6 +68,19 @@ def unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
+SURROGATES = st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF)
+NONCHARACTERS = st.sampled_from(["\ufffe", "\uffff", "\ufdd0", "\ufdef", "\U0001fffe", "\U0010ffff"])
+ILL_FORMED = st.builds(lambda before, bad, after: before + bad + after, st.text(max_size=6),
+                       st.one_of(SURROGATES, NONCHARACTERS), st.text(max_size=6))
+RAW = "\u2063raw\u2063"  # replaced by raw JSON text (nesting, numbers) after json.dumps
+RAW_JSON = st.one_of(
+    st.integers(33, 2000).map(lambda n: "[" * n + "]" * n),
+    st.integers(33, 500).map(lambda n: '{"a":' * n + "1" + "}" * n),
+    st.integers(65, 4000).map(lambda n: "9" * n),
+    st.sampled_from(["1e999", "-1e999", "NaN", "Infinity"]),
+)
+
+
 def tampered_data(data: str) -> st.SearchStrategy[str]:
     """The link's JSON with one thing changed, re-encoded: the signature no longer covers it."""
     link = json.loads(unb64(data))
@@ -75,6 +95,8 @@ def tampered_data(data: str) -> st.SearchStrategy[str]:
         "email": st.sampled_from(["ceo@contoso.com", None]),
         "nonce": st.text(B64URL, min_size=1, max_size=30),
         "extra": st.just(True),
+        "name": ILL_FORMED,  # ill-formed text (json.dumps escapes a lone surrogate as its \\u escape)
+        "iat": st.just(RAW),  # nesting or a huge number, spliced in as raw JSON
     }
 
     @st.composite
@@ -82,7 +104,8 @@ def tampered_data(data: str) -> st.SearchStrategy[str]:
         changed = dict(link)
         for key in draw(st.lists(st.sampled_from(sorted(changes)), min_size=1, max_size=3, unique=True)):
             changed[key] = draw(changes[key])
-        raw = json.dumps(changed, separators=(",", ":") if draw(st.booleans()) else None).encode()
+        text = json.dumps(changed, separators=(",", ":") if draw(st.booleans()) else None)
+        raw = text.replace(json.dumps(RAW), draw(RAW_JSON)).encode()
         return b64(raw, pad=draw(st.booleans()))
 
     return build()
@@ -129,6 +152,10 @@ ENCODINGS = {
     "double": lambda v: quote(quote(v, safe=""), safe=""),
     "latin1": lambda v: _bytes_escaped(v.encode("latin-1", "replace")),
     "utf16": lambda v: _bytes_escaped(v.encode("utf-16")),
+    # A lone surrogate in the middle (its CESU-8 bytes: invalid UTF-8), and a non-character (valid UTF-8).
+    "surrogate": lambda v: _bytes_escaped((v[:len(v) // 2] + "\udc80" + v[len(v) // 2:]).encode("utf-8",
+                                                                                               "surrogatepass")),
+    "nonchar": lambda v: _bytes_escaped((v + "\uffff").encode("utf-8")),
 }
 NAME_VARIANTS = {"data": ["data", "Data", "DATA", "data[]", "data "], "sig": ["sig", "Sig", "SIG", "sig[]"],
                  "code": ["code", "Code", "CODE"], "state": ["state", "State", "STATE"],
@@ -268,6 +295,45 @@ def test_accounts_new_redirects_only_genuine_links(service, identity):
     # A link only starts flows: no account, credential, index row, nonce or secret.
     assert state_of_tables() == before
     print(counts)
+
+
+LINK_TEXT_FIELDS = ["account", "name", "email", "redirectUrl", "type", "expectedEmail", "loginHint", "domainHint",
+                    "nonce", "meta.syncFrom", "meta.subconnections", "meta.<key>"]
+
+
+@pytest.mark.timeout(300)
+def test_signed_links_with_ill_formed_text_end_on_a_page(service, identity):
+    """Links an older version signed (it accepted any JSON string at the form): ill-formed text in any string
+    field is refused by the hosted page, before any flow is started (issue 12 point 6)."""
+    from shared.checks import ill_formed_text
+    from shared.core import links as linkcodec
+    from shared.settings import get_settings
+
+    identity.add_user("fuzz@contoso.com")
+    genuine = {k: v[0] for k, v in parse_qs(urlsplit(service.link(name="Fuzz")).query).items()}
+    link = linkcodec.decode(genuine["data"], genuine["sig"], get_settings())
+    before = {**state_of_tables(), "flows": {e["PartitionKey"] for e in table("flows").list_entities()}}
+
+    @fuzz(60)
+    @given(st.sampled_from(LINK_TEXT_FIELDS), ILL_FORMED, st.sampled_from(PRESERVING))
+    def check(field: str, bad: str, encoding: str) -> None:
+        if field == "meta.<key>":
+            changed = link.model_copy(update={"meta": {**link.meta, bad: "x"}})
+        elif field.startswith("meta."):
+            key = field.split(".", 1)[1]
+            changed = link.model_copy(update={"meta": {**link.meta, key: [bad] if key == "subconnections" else bad}})
+        else:
+            changed = link.model_copy(update={field: bad})
+        data, sig = linkcodec.encode(changed, get_settings())  # signed with the service's own key
+        # pydantic's JSON dump turns a lone surrogate in a dict key into U+FFFD: such a link carries valid text
+        assume(ill_formed_text(json.loads(unb64(data))) is not None)
+        answer = get(service, f"/accounts/new?data={ENCODINGS[encoding](data)}&sig={ENCODINGS[encoding](sig)}")
+        assert answer.status == 400 and b"This sign-in link is not valid" in answer.body, \
+            (field, answer.status, answer.body[:200])
+        assert answer.location is None
+
+    check()
+    assert {**state_of_tables(), "flows": {e["PartitionKey"] for e in table("flows").list_entities()}} == before
 
 
 # --- /oauth --------------------------------------------------------------------------------------------

@@ -408,7 +408,7 @@ def test_a_tampered_cursor_is_refused(service):
     for i in range(3):
         write_account(service, f"c{i}", f"c{i}@contoso.com")
     cursor = service.api("GET", "/v1/accounts", params={"pageSize": 1}).json()["nextCursor"]
-    data, sig = cursor.split(".")
+    data, sig = cursor.split(".", 1)  # sig: "<key id>.<mac>"
     forged = json.dumps({"pk": "zzz", "rk": ""}).encode()
     from shared.signing import b64url_encode
     for bad in (f"{b64url_encode(forged)}.{sig}", f"{data}.{sig[:-2]}xx", data):
@@ -521,7 +521,7 @@ def test_reauth_link_hints_the_signer_and_keeps_the_account(service, identity):
                                                                          "expiresIn": 600})
     assert response.status_code == 200, response.text
     body = response.json()
-    assert set(body) == {"url", "expires"} and body["url"].startswith(service.url + "/accounts/new?")
+    assert set(body) == {"url", "expires", "link"} and body["url"].startswith(service.url + "/accounts/new?")
 
     result = service.sign_in(body["url"], user).result
     assert result == {"account": "shared-1", "state": "existing"}

@@ -128,3 +128,99 @@ def test_the_plugin_fails_a_run_that_leaks(tmp_path):
     assert not any("POST /v1/tokens" in leak for leak in leaks), out
     assert not any("test_clean" in leak for leak in leaks), out
     assert "Xy7-q" * 9 not in out  # the report masks the secret
+
+
+# --- authorization codes and sign-in states (issue 12 point 11) ---------------------------------------------
+
+def test_codes_and_states_are_secrets_in_every_log_but_client_request_lines():
+    from tests.leakcheck import AUTH_CODE, SIGNIN_STATE, allowed_in_log, states_in
+
+    code = "1.A" + "c0DEc0deC0DE" * 6
+    state = "QwErTyUiOpAsDfGh"
+    captures = [
+        Capture("log", "mailbox_connect.signin", f"callback with code={code}",
+                allowed_in_log("mailbox_connect.signin")),
+        Capture("log", "azure.core.pipeline.policies.http_logging_policy", f"URL: flows(PartitionKey='{state}')",
+                allowed_in_log("azure.core.pipeline.policies.http_logging_policy")),
+        Capture("log", "urllib3.connectionpool", f'"GET /oauth?code={code}&state={state} HTTP/1.1" 302',
+                allowed_in_log("urllib3.connectionpool")),  # a test's browser following the callback
+        Capture("response", "GET /accounts/new -> 302", f"302\nLocation: https://login.example/a?state={state}",
+                allowed_kinds("GET", "/accounts/new?data=x&sig=y")),
+        Capture("response", "GET /oauth -> 302", f"302\nLocation: https://app.example/?state={state}",
+                allowed_kinds("GET", "/oauth?code=x&state=y")),
+    ]
+    found = scan("t", captures, {code: AUTH_CODE, state: SIGNIN_STATE})
+    assert sorted((f.secret_kind, f.where) for f in found) == sorted([
+        (AUTH_CODE, "log mailbox_connect.signin"),
+        (SIGNIN_STATE, "log azure.core.pipeline.policies.http_logging_policy"),
+        (SIGNIN_STATE, "response GET /oauth -> 302"),
+    ])
+    assert states_in([("Location", f"https://login.example/authorize?client_id=c&state={state}"),
+                      ("Set-Cookie", "x=1")]) == [state]
+
+
+INNER_CODES = '''
+import logging
+
+import requests
+import azure.functions as func
+
+from sandbox.fakes.identity import FakeIdentity
+from tools.localhost import serve
+
+
+def test_a_log_line_with_an_authorization_code():
+    fake = FakeIdentity().start()
+    try:
+        fake.add_client("client-1", "Client-Secret-0123456789", ["http://localhost:1/oauth"])
+        fake.sign_in_as(fake.add_user("x@contoso.com"))
+        answer = requests.get(f"{fake.url}/organizations/oauth2/v2.0/authorize", allow_redirects=False,
+                              verify=fake.ca_bundle, params={
+                                  "client_id": "client-1", "redirect_uri": "http://localhost:1/oauth",
+                                  "response_type": "code", "scope": "offline_access", "state": "s" * 20,
+                                  "code_challenge": "c" * 43, "code_challenge_method": "S256"})
+        callback = answer.headers["Location"]
+        logging.getLogger("mailbox_connect.signin").info("callback %s", callback)  # the deliberate leak
+    finally:
+        fake.stop()
+
+
+def test_a_log_line_with_a_sign_in_state():
+    app = func.FunctionApp(http_auth_level=func.AuthLevel.ANONYMOUS)
+    state = "Zx8-Qw7_Er6.Ty5~Ui4"
+
+    @app.route(route="accounts/new", methods=["GET"])
+    def start(req):  # allowed: the redirect to Microsoft carries the state
+        location = "https://login.example/authorize?state=" + state
+        return func.HttpResponse(status_code=302, headers={"Location": location})
+
+    server = serve(app, "127.0.0.1", 0, route_prefix="").start()
+    try:
+        assert requests.get(server.url + "/accounts/new", allow_redirects=False).status_code == 302
+    finally:
+        server.stop()
+    logging.getLogger("mailbox_connect.flows").warning("flow %s expired", state)  # the deliberate leak
+'''
+
+
+def test_the_plugin_fails_a_run_that_logs_an_authorization_code_or_a_state(tmp_path):
+    """An inner run: a code the fake identity issued and a state the service redirected with, each logged
+    once on purpose; the run fails and names both, and not the redirect that carried the state."""
+    (tmp_path / "test_inner_codes.py").write_text(textwrap.dedent(INNER_CODES))
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "tests.leakcheck", "-q", "-p", "no:cacheprovider",
+         "--rootdir", str(tmp_path), "-c", str(tmp_path / "pytest.ini"), str(tmp_path / "test_inner_codes.py")],
+        cwd=ROOT, env={**__import__("os").environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
+        timeout=120,
+    )
+    out = run.stdout + run.stderr
+    assert run.returncode == 1, out
+    assert "2 passed" in out and "SECRETS LEAKED" in out, out
+    leaks = [line for line in out.splitlines() if "test_inner_codes.py::" in line and " in " in line]
+    assert any("test_a_log_line_with_an_authorization_code" in leak
+               and "authorization code in log mailbox_connect.signin" in leak for leak in leaks), out
+    assert any("test_a_log_line_with_a_sign_in_state" in leak and "sign-in state in log mailbox_connect.flows" in leak
+               for leak in leaks), out
+    assert not any("response GET /accounts/new" in leak for leak in leaks), out
+    assert "Zx8-Qw7_Er6.Ty5~Ui4" not in out

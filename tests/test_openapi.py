@@ -72,7 +72,8 @@ def test_operations_declare_security_bodies_and_errors():
                 assert "$ref" in op["requestBody"]["content"]["application/json"]["schema"], (path, method)
                 assert "400" in op["responses"] and "415" in op["responses"]
             if "{" in path:
-                names = {"account", "app", "id", "webhook", "deadletter"} & set(path.replace("}", "{").split("{"))
+                names = {"account", "app", "id", "webhook", "deadletter", "link"} & set(
+                    path.replace("}", "{").split("{"))
                 assert {p["name"] for p in op["parameters"] if p["in"] == "path"} == names
     scopes = {(p, m): op.get("x-required-scope") for p, item in document["paths"].items() for m, op in item.items()}
     assert scopes[("/v1/oauth2", "post")] == scopes[("/v1/tokens", "get")] == "admin"

@@ -103,7 +103,9 @@ def test_reauthorising_with_another_signer_rebinds_the_index(service, identity):
     old = credential_id(service.app.id, alice.tid, alice.oid)
     old_secret = principals.get_credential(old).secretName
 
-    assert service.sign_in(service.link(**body), bob).result == {"account": "team-inbox", "state": "existing"}
+    # Issue 12 point 2: the app is told that the account moved to another signer.
+    assert service.sign_in(service.link(**body), bob).result == {"account": "team-inbox", "state": "existing",
+                                                                  "signerChanged": "true"}
     new = credential_id(service.app.id, bob.tid, bob.oid)
     assert accounts.get_account("team-inbox").credentialId == new
     assert index_rows(new) == ["team-inbox"]

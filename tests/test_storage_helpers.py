@@ -434,15 +434,16 @@ def test_account_state_retries_then_says_not_changed(monkeypatch: pytest.MonkeyP
 
 def test_the_management_api_gives_up_with_a_503(monkeypatch: pytest.MonkeyPatch, published: list[Any]) -> None:
     from shared.admin import accounts as admin
+    from shared.core.access import UNRESTRICTED
     from shared.schemas import AccountUpdate
 
     fake = _patch(monkeypatch, lose=1)
-    assert admin.update_account("acct1", AccountUpdate(name="Renamed")).name == "Renamed"
+    assert admin.update_account("acct1", AccountUpdate(name="Renamed"), caller=UNRESTRICTED).name == "Renamed"
     assert (fake.reads, fake.writes) == (2, 2)
 
     _patch(monkeypatch, lose=10**6)
-    for attempt in (lambda: admin.update_account("acct1", AccountUpdate(name="Renamed")),
-                    lambda: admin.delete_account("acct1", None)):
+    for attempt in (lambda: admin.update_account("acct1", AccountUpdate(name="Renamed"), caller=UNRESTRICTED),
+                    lambda: admin.delete_account("acct1", None, caller=UNRESTRICTED)):
         with pytest.raises(Busy) as caught:
             attempt()
         assert caught.value.status == 503 and caught.value.headers == {"Retry-After": "1"}

@@ -746,7 +746,7 @@ class LocalHost:
                 name = route.function_name
                 status, headers, payload = self._invoke(h, route, values, target, body)
         except Exception:  # a bug here must not take the server down either
-            log.exception("local host failed on %s %s", h.command, h.path)
+            log.exception("local host failed on %s %s", h.command, target.path)  # never the query: codes, states
             h.close_connection = True
             status, headers, payload = _json_error(500, "internal_error", "The local host failed; see its log.")
         for hook in list(RESPONSE_HOOKS):  # before writing: the client has not seen the response yet
@@ -755,7 +755,8 @@ class LocalHost:
             except Exception:  # noqa: BLE001 - an observer must not break the server
                 log.exception("response hook %r failed", hook)
         self._write(h, status, headers, payload)
-        log.info("%s %s -> %s %s (%.0f ms)", h.command, h.path, name, status, (time.monotonic() - started) * 1000)
+        # The path only: a query may carry an authorization code, a sign-in state or a signed link.
+        log.info("%s %s -> %s %s (%.0f ms)", h.command, target.path, name, status, (time.monotonic() - started) * 1000)
 
     def _route(self, method: str, path: str, raw_path: str):
         """(route, route values, None) or (None, None, the 404/405 error response)."""

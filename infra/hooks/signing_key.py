@@ -14,11 +14,12 @@ The admin's role is assigned by the same deployment and can take minutes to appl
 
     infra/hooks/.venv/bin/python infra/hooks/signing_key.py --vault-url "$(azd env get-value MC_KEY_VAULT_URL)"
 
-Rotation is the admin CLI's job (``python -m shared.cli ensure-signing-key --rotate``, then restart the
-function app); see docs/deploy.md.
+Rotation is the admin CLI's job (``python -m shared.cli rotate-signing-key``): it rewrites the secret as a
+key ring (the new key, and this one accepted for a grace period), which every instance picks up within
+minutes without a restart; see docs/deploy.md. ``ensure`` leaves a ring alone like a plain key.
 
 The value is 64 URL-safe characters from ``secrets.token_urlsafe(48)`` (384 bits); the app uses the
-secret's text as the HMAC key (``shared/keys.py``, at least 32 characters).
+secret's text as the HMAC key (``shared/storage/keys.py``, at least 32 characters).
 """
 
 from __future__ import annotations

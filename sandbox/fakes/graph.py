@@ -1,7 +1,8 @@
 """A small fake of Microsoft Graph's mail folders over HTTPS, for the sign-in's mailbox access check.
 
 It answers ``GET /v1.0/users/{mailbox}/mailFolders/inbox`` and ``GET /v1.0/me/mailFolders/inbox`` the way
-Graph does for a delegated token:
+Graph does for a delegated token, and ``GET /v1.0/me`` (the signer's directory record: ``id``,
+``userPrincipalName``, ``mail``, ``displayName``; needs ``User.Read``):
 
 * the bearer token must be one the identity fake issued (``lookup_access_token``) and not expired, with
   ``aud`` = the Graph resource; else 401 ``InvalidAuthenticationToken``;
@@ -10,6 +11,9 @@ Graph does for a delegated token:
 * the permission table (``Mailboxes``) decides the rest: 200 with the Inbox folder; 403
   ``ErrorAccessDenied`` when the signer may not open the mailbox; 404 ``ErrorInvalidUser`` for a mailbox
   that does not exist; 404 ``MailboxNotEnabledForRESTAPI`` for a user without a mailbox.
+* an address is resolved in the token's tenant only: an address in a domain another tenant owns (the
+  identity fake's ``domain_tenant``) does not exist for this signer (404 ``ErrorInvalidUser``), whatever its
+  ``mail`` attribute or ``email`` claim says. A user's own addresses are the UPN and the directory ``mail``.
 
 Error bodies have Graph's shape: ``{"error": {"code", "message", "innerError": {"date", "request-id",
 "client-request-id"}}}``.
@@ -38,6 +42,7 @@ GRAPH_RESOURCE = "https://graph.microsoft.com"
 OK, DENIED, NOT_FOUND, NO_MAILBOX = "ok", "denied", "not_found", "no_mailbox"
 
 _PATH = re.compile(r"^/v1\.0/(?:(?P<me>me)|users/(?P<user>[^/]+))/mailfolders/inbox/?$", re.IGNORECASE)
+_ME = re.compile(r"^/v1\.0/me/?$", re.IGNORECASE)
 _OWN_SCOPES = {"mail.read", "mail.readwrite", "mail.readbasic"}
 _SHARED_SCOPES = {"mail.read.shared", "mail.readwrite.shared", "mail.readbasic.shared"}
 
@@ -53,6 +58,8 @@ class Mailboxes:
 
     def __init__(self, open_all: bool = False) -> None:
         self.open_all = open_all
+        #: The identity fake (set by the Graph and IMAP fakes): users' own addresses and domains' tenants.
+        self.directory: Any = None
         self._lock = threading.Lock()
         self._mailboxes: set[str] = set()
         self._grants: set[tuple[str, str]] = set()
@@ -80,16 +87,37 @@ class Mailboxes:
         with self._lock:
             self._grants.discard((_who(who), mailbox.lower()))
 
+    def own_addresses(self, claims: dict[str, Any]) -> set[str]:
+        """The signer's own mailbox addresses: the UPN, and the directory ``mail`` unless another tenant owns
+        its domain (Exchange never gives a recipient an address in a domain its tenant does not own)."""
+        upn = str(claims.get("upn") or claims.get("preferred_username") or "").lower()
+        own = {upn} if upn else set()
+        user = self.directory.find_user(str(claims.get("oid") or "")) if self.directory is not None else None
+        mail = (user.directory_mail or "").lower() if user is not None else ""
+        if mail and self._tenant_may_hold(claims, mail):
+            own.add(mail)
+        return own
+
+    def _tenant_may_hold(self, claims: dict[str, Any], address: str) -> bool:
+        """False when ``address`` is in a domain another tenant than the token's owns."""
+        if self.directory is None:
+            return True
+        owner = self.directory.domain_tenant(address.rsplit("@", 1)[-1])
+        return owner is None or owner.lower() == str(claims.get("tid") or "").lower()
+
     def decide(self, claims: dict[str, Any], mailbox: str | None) -> str:
         """``ok``, ``denied``, ``not_found`` or ``no_mailbox`` for the signer of ``claims`` and ``mailbox``
-        (``None``: the signer's own mailbox)."""
+        (``None``: the signer's own mailbox). Addresses resolve in the token's tenant only."""
         upn = str(claims.get("upn") or claims.get("preferred_username") or "").lower()
         oid = str(claims.get("oid") or "").lower()
         target = (mailbox or upn).lower()
+        if not self._tenant_may_hold(claims, target):
+            return NOT_FOUND
+        own = self.own_addresses(claims)
         with self._lock:
             if target in self._without:
-                return NO_MAILBOX if target == upn else NOT_FOUND
-            if target == upn or self.open_all:
+                return NO_MAILBOX if target in own else NOT_FOUND
+            if target in own or self.open_all:
                 return OK
             if target not in self._mailboxes:
                 return NOT_FOUND
@@ -107,6 +135,8 @@ class FakeGraph:
                  resource: str = GRAPH_RESOURCE) -> None:
         self.identity = identity
         self.mailboxes = mailboxes or Mailboxes()
+        if self.mailboxes.directory is None:
+            self.mailboxes.directory = identity
         self.resource = resource
         self.requests: list[dict[str, Any]] = []
         self._lock = threading.Lock()
@@ -206,6 +236,8 @@ class _Handler(BaseHTTPRequestHandler):
             if status == 429:
                 return self._error(429, code or "TooManyRequests", "Too many requests.", {"Retry-After": "2"})
             return self._error(status, code or ("ServiceUnavailable" if status == 503 else "UnknownError"), "")
+        if _ME.match(urlsplit(self.path).path):
+            return self._me()
         match = _PATH.match(urlsplit(self.path).path)
         if match is None:
             self._record(status=400, upn=None)
@@ -224,7 +256,7 @@ class _Handler(BaseHTTPRequestHandler):
             return self._error(401, "InvalidAuthenticationToken", "Access token validation failure. Invalid audience.")
         mailbox = None if match["me"] else unquote(match["user"])
         upn = str(claims.get("upn") or "")
-        own = mailbox is None or mailbox.lower() == upn.lower()
+        own = mailbox is None or mailbox.lower() in self.fake.mailboxes.own_addresses(claims)
         scopes = {s.lower() for s in str(claims.get("scp") or "").split()}
         if not scopes & (_OWN_SCOPES | _SHARED_SCOPES if own else _SHARED_SCOPES):
             self._record(status=403, upn=upn, mailbox=mailbox)
@@ -245,6 +277,36 @@ class _Handler(BaseHTTPRequestHandler):
             return self._error(404, "MailboxNotEnabledForRESTAPI",
                                "The mailbox is either inactive, soft-deleted, or is hosted on-premise.")
         return self._error(404, "ErrorInvalidUser", f"The requested user '{mailbox}' is invalid.")
+
+    def _claims(self) -> dict[str, Any] | None:
+        """The claims of a valid Graph token of the request, or None after answering 401."""
+        auth = self.headers.get("Authorization") or ""
+        token = auth[7:] if auth[:7].lower() == "bearer " else ""
+        claims = self.fake.identity.lookup_access_token(token) if token else None
+        if claims is None or claims.get("aud") != self.fake.resource:
+            self._record(status=401, upn=(claims or {}).get("upn"))
+            self._error(401, "InvalidAuthenticationToken", "Access token validation failure.")
+            return None
+        return claims
+
+    def _me(self) -> None:
+        """``GET /me``: the signer's directory record (``$select`` is accepted and ignored)."""
+        claims = self._claims()
+        if claims is None:
+            return
+        scopes = {s.lower() for s in str(claims.get("scp") or "").split()}
+        if not scopes & {"user.read", "user.readwrite", "user.readbasic.all", "user.read.all", "directory.read.all"}:
+            self._record(status=403, upn=claims.get("upn"))
+            return self._error(403, "Authorization_RequestDenied", "Insufficient privileges to complete the operation.")
+        user = self.fake.identity.find_user(str(claims.get("oid") or ""))
+        if user is None:
+            self._record(status=404, upn=claims.get("upn"))
+            return self._error(404, "Request_ResourceNotFound", "Resource does not exist.")
+        self._record(status=200, upn=claims.get("upn"))
+        self._send(200, {
+            "@odata.context": f"{self.fake.url}/v1.0/$metadata#users/$entity",
+            "id": user.oid, "userPrincipalName": user.upn, "mail": user.directory_mail, "displayName": user.name,
+        })
 
 
 __all__ = ["FakeGraph", "Mailboxes", "GRAPH_RESOURCE"]

@@ -46,6 +46,11 @@ Test hooks: ``fail_next`` (error injection), ``wrong_claims_next`` (bad id_token
 ``reset_password``, ``issue_refresh_token`` (seed a credential without a browser), ``lookup_access_token``
 (for fakes of resource servers), ``authorize_requests`` / ``token_requests`` (what the service sent), and a
 replaceable ``clock`` so expiry can be tested without sleeping.
+
+Users carry what a spoofing test needs: an ``email`` claim that need not be the user's (a tenant admin sets
+it), the directory ``mail`` that Graph's ``/me`` shows, the optional ``xms_edov`` claim, and their tenant;
+``domain_tenant`` tells the fakes of Graph and IMAP which tenant owns a domain (Exchange resolves an address
+only among the recipients of the token's own tenant).
 """
 
 from __future__ import annotations
@@ -151,7 +156,15 @@ class FakeUser:
     oid: str
     upn: str
     name: str
+    #: The id_token's ``email`` claim. Entra takes it from the directory's ``mail`` attribute, which a tenant
+    #: administrator can set to any address, in any domain (the "nOAuth" class of spoofing).
     email: str | None = None
+    #: The directory's ``mail`` attribute as Graph's ``/me`` shows it (None: the same as ``email``); the
+    #: fakes of Graph and IMAP treat it as one of the user's own mailbox addresses (in their tenant only).
+    mail: str | None = None
+    #: The ``xms_edov`` claim ("email domain owner verified") when not None; Entra sends it only when the
+    #: app registration asks for it as an optional claim.
+    email_domain_verified: bool | None = None
     #: While true, refresh-token grants fail with ``invalid_grant`` AADSTS50173 (the password was reset
     #: after the token was issued); the next interactive sign-in clears it.
     password_reset: bool = False
@@ -164,6 +177,11 @@ class FakeUser:
     @property
     def is_personal(self) -> bool:
         return self.tid == CONSUMERS_TENANT_ID
+
+    @property
+    def directory_mail(self) -> str | None:
+        """The directory's ``mail`` attribute (``/me``): ``mail``, else the ``email`` claim's address."""
+        return self.mail if self.mail is not None else self.email
 
 
 @dataclass
@@ -332,17 +350,24 @@ class FakeIdentity:
         oid: str | None = None,
         name: str | None = None,
         email: str | None = None,
+        mail: str | None = None,
+        email_domain_verified: bool | None = None,
         password_reset: bool = False,
         shared_mailboxes: Iterable[str] = (),
         note: str | None = None,
     ) -> FakeUser:
-        """Register a user (default tenant ``tenant_id``). The first user added is signed in by default."""
+        """Register a user (default tenant ``tenant_id``). The first user added is signed in by default.
+
+        ``email`` is the id_token claim, ``mail`` the directory attribute (default: ``email``), and
+        ``email_domain_verified`` the ``xms_edov`` claim (left out when None)."""
         user = FakeUser(
             tid=tid or self.tenant_id,
             oid=oid or str(uuid.uuid4()),
             upn=upn,
             name=name or upn.split("@", 1)[0].replace(".", " ").title(),
             email=email,
+            mail=mail,
+            email_domain_verified=email_domain_verified,
             password_reset=password_reset,
             shared_mailboxes=tuple(m.lower() for m in shared_mailboxes),
             note=note,
@@ -478,6 +503,13 @@ class FakeIdentity:
         key = key.strip().lower()
         with self._lock:
             return next((u for u in self._users if key in (u.oid.lower(), u.upn.lower())), None)
+
+    def domain_tenant(self, domain: str) -> str | None:
+        """The tenant that owns ``domain``: a domain is verified in one tenant, and a UPN's domain must be
+        verified in the user's tenant, so it is the tenant of any user whose UPN has it. None: unknown."""
+        domain = domain.strip().lower()
+        with self._lock:
+            return next((u.tid for u in self._users if u.upn.rsplit("@", 1)[-1].lower() == domain), None)
 
     @property
     def last_authorize(self) -> dict[str, str] | None:
@@ -853,6 +885,8 @@ class FakeIdentity:
             }
             if user.email:
                 claims["email"] = user.email
+            if user.email_domain_verified is not None:
+                claims["xms_edov"] = user.email_domain_verified
             if nonce:
                 claims["nonce"] = nonce
             if auth_time is not None:

@@ -7,8 +7,10 @@ of INBOX after login, and ``LOGOUT``. ``LOGIN`` (basic auth) is refused, as Exch
 An XOAUTH2 login (``user=<mailbox>^Aauth=Bearer <token>^A^A``) succeeds only when the token is one the identity
 fake issued and has not expired, its ``aud`` is the Outlook resource (``https://outlook.office.com``), its
 ``scp`` includes ``IMAP.AccessAsUser.All``, and the permission table (``Mailboxes``, shared with the Graph
-fake) lets the signer open ``user``: their own mailbox, or one they were granted Full Access to. Anything
-else answers ``NO AUTHENTICATE failed.``, which is all Exchange says, whatever the reason.
+fake) lets the signer open ``user``: their own mailbox (UPN or directory ``mail``), or one they were granted
+Full Access to, in their own tenant (an address in a domain another tenant owns is no recipient of the
+signer's organisation). Anything else answers ``NO AUTHENTICATE failed.``, which is all Exchange says,
+whatever the reason.
 
 TLS uses the test CA's ``localhost`` certificate (``MC_CA_BUNDLE``). Fault injection per connection with
 ``fail_next(kind)``: ``drop`` (close right after the TLS handshake, no greeting), ``hang`` (no greeting; the
@@ -43,6 +45,8 @@ class FakeImap:
                  resource: str = OUTLOOK_RESOURCE) -> None:
         self.identity = identity
         self.mailboxes = mailboxes or Mailboxes()
+        if self.mailboxes.directory is None:
+            self.mailboxes.directory = identity
         self.resource = resource
         self.logins: list[dict[str, Any]] = []
         self.connections = 0

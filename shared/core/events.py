@@ -16,7 +16,12 @@ Events (``event``; names as EmailEngine's where it has the event):
     A sign-in completed (new or existing account), or a credential works again. ``data``: ``user`` (the
     mailbox), ``state`` (``new``/``existing``, sign-ins only), ``reason`` (``signIn``: this account's
     sign-in; ``credentialRepaired``: the signer signed in for another mailbox, or a token refresh worked
-    again), ``repaired`` (the account was in ``authenticationError`` before), ``delegated``, ``signer``.
+    again; ``mailboxAccessRestored``: after ``mailboxAccessLost``, the access check passes again), ``repaired``
+    (the account was in ``authenticationError``, or had lost access, before), ``delegated``, ``signer``.
+    Sign-ins also carry ``signerChanged`` (bool): true when the sign-in moved an existing account to another
+    Microsoft user (``shared.signin.flow``, "Who a mailbox belongs to"); then ``signerChange`` says from whom to
+    whom: ``{"from": {upn, tenant, oid}, "to": {upn, tenant, oid}}``, and ``previousEmail``/``previousDelegated``
+    when the mailbox or its kind changed with it.
 ``authenticationError``
     The account's credential stopped working; sent once per account, on the transition into
     ``authenticationError`` (not on every failed refresh). ``data``: ``user``, ``response`` (Microsoft's
@@ -25,6 +30,13 @@ Events (``event``; names as EmailEngine's where it has the event):
     ``reauthUrl``/``reauthExpires``: a sign-in link that repairs this account (see ``shared.webhooks.dispatcher``).
 ``accountDeleted``
     ``DELETE /v1/account/{account}``. ``data``: ``account``, ``user``.
+``mailboxAccessLost``
+    The keep-alive's re-run of the mailbox access check (``shared.handoff.keepalive``) was refused: the signer
+    can no longer open the mailbox (Full Access removed, the mailbox deleted, IMAP disabled), although the
+    credential still works. Sent once, on the transition into ``accessCheck: "denied"``. ``data``: ``user``,
+    ``delegated``, ``signer``, ``serverResponseCode`` (``mailbox_access_denied``), ``response`` (what to ask an
+    administrator), ``previous`` (the ``accessCheck`` before: ``ok``, ``pending`` or ``off``). When access comes
+    back, ``authenticationSuccess`` with ``reason: mailboxAccessRestored`` and ``repaired: true`` follows, once.
 """
 
 from __future__ import annotations
@@ -45,6 +57,7 @@ ACCOUNT_ADDED: Final[EventType] = "accountAdded"
 AUTHENTICATION_SUCCESS: Final[EventType] = "authenticationSuccess"
 AUTHENTICATION_ERROR: Final[EventType] = "authenticationError"
 ACCOUNT_DELETED: Final[EventType] = "accountDeleted"
+MAILBOX_ACCESS_LOST: Final[EventType] = "mailboxAccessLost"
 EVENT_TYPES: tuple[EventType, ...] = get_args(EventType)
 
 
@@ -63,12 +76,29 @@ def account_added(account: Account) -> EventRow:
     })
 
 
+def _principal(account: Account) -> dict[str, Any]:
+    return {"upn": account.signerUpn, "tenant": account.signerTid, "oid": account.signerOid}
+
+
+def signer_changed(before: Account, after: Account) -> bool:
+    """Whether ``after`` is signed by another Microsoft user than ``before`` (tenant + object id)."""
+    return (before.signerTid.lower(), before.signerOid.lower()) != (after.signerTid.lower(), after.signerOid.lower())
+
+
 def authentication_success(account: Account, *, reason: str, state: str | None = None,
-                           repaired: bool = False) -> EventRow:
+                           repaired: bool = False, previous: Account | None = None) -> EventRow:
+    """``previous``: the row a sign-in replaced (sign-ins only), to report a change of signer."""
     data: dict[str, Any] = {"user": account.email, "reason": reason, "repaired": repaired,
                             "delegated": account.delegated, "signer": _signer(account)}
     if state:
         data["state"] = state
+        data["signerChanged"] = previous is not None and signer_changed(previous, account)
+    if previous is not None and data.get("signerChanged"):
+        data["signerChange"] = {"from": _principal(previous), "to": _principal(account)}
+        if previous.email.lower() != account.email.lower():
+            data["previousEmail"] = previous.email
+        if previous.delegated != account.delegated:
+            data["previousDelegated"] = previous.delegated
     return _event(AUTHENTICATION_SUCCESS, account.account, data)
 
 
@@ -76,6 +106,17 @@ def authentication_error(account: Account, code: str, description: str, affected
     return _event(AUTHENTICATION_ERROR, account.account, {
         "user": account.email, "response": description, "serverResponseCode": code,
         "delegated": account.delegated, "signer": _signer(account), "accounts": list(affected),
+    })
+
+
+def mailbox_access_lost(account: Account, previous: str) -> EventRow:
+    """``previous``: the account's ``accessCheck`` before the refusal (ok, pending, off)."""
+    ask = (f"ask an administrator to give {account.signerUpn} Full Access to {account.email} again"
+           if account.delegated else f"ask an administrator to check the mailbox of {account.signerUpn}")
+    return _event(MAILBOX_ACCESS_LOST, account.account, {
+        "user": account.email, "delegated": account.delegated, "signer": _signer(account),
+        "serverResponseCode": "mailbox_access_denied", "previous": previous,
+        "response": f"{account.signerUpn} can no longer open the mailbox {account.email}; {ask}",
     })
 
 

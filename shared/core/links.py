@@ -2,6 +2,9 @@
 
 Creating a link writes nothing: everything the sign-in needs travels inside the signed data, and the
 nonce is recorded only when the link produces an account.
+
+The nonce is also the link's public id (``link`` in the form's answer and on the redirect back,
+``GET /v1/links/{link}``): it is readable in the link's data anyway, and without the signature it opens nothing.
 """
 
 from __future__ import annotations
@@ -20,8 +23,8 @@ from shared.core.apps import resolve_app
 from shared.errors import Conflict, InvalidInput
 from shared.schemas import FormResponse, LinkData
 from shared.settings import Settings
-from shared.signing import BadSignature, Signer, b64url_decode, b64url_encode
-from shared.storage.keys import signing_key
+from shared.signing import BadSignature, b64url_decode, b64url_encode
+from shared.storage.keys import RefreshingSigner, signer
 from shared.storage.tables import apps as app_table
 from shared.storage.tables.accounts import Account
 
@@ -36,8 +39,11 @@ class LinkError(ValueError):
         self.kind = kind
 
 
-def _signer(settings: Settings) -> Signer:
-    return Signer(signing_key(settings), "link")
+def _signer(settings: Settings) -> RefreshingSigner:
+    """The key ring's signer (``shared.storage.keys``): ``sig`` is ``<key id>.<mac>``; a link signed before a
+    key rotation still opens during the rotation's grace period, and one signed before key ids existed (a bare
+    ``<mac>``) is checked against the current and the previous key."""
+    return signer(settings, "link")
 
 
 def new_nonce() -> str:
@@ -96,7 +102,7 @@ def build_link(settings: Settings, *, redirect_url: str, app_id: str | None, exp
         nonce=new_nonce(), iat=now, exp=now + ttl,
     )
     expires = datetime.fromtimestamp(link.exp, UTC).isoformat().replace("+00:00", "Z")
-    return FormResponse(url=link_url(link, settings), expires=expires)
+    return FormResponse(url=link_url(link, settings), expires=expires, link=link.nonce)
 
 
 def reauth_link_for(account: Account, redirect_url: str, expires_in: int | None, settings: Settings) -> FormResponse:

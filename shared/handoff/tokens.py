@@ -77,8 +77,9 @@ from urllib.parse import quote, urlsplit
 
 from shared.clouds import CLOUDS, RESERVED_SCOPES, scopes_for
 from shared.core import account_state
+from shared.core.access import Caller
 from shared.core.apps import client_secret, forget_client_secret
-from shared.errors import BadGateway, Conflict, NotFound, unavailable
+from shared.errors import BadGateway, Conflict, unavailable
 from shared.microsoft import identity
 from shared.microsoft.identity import IdentityError, IdentityUnavailable
 from shared.schemas import GraphSettings, ImapSettings, OAuthTokenResponse, SmtpSettings
@@ -239,11 +240,10 @@ def _recent_failure(credential_id: str, etag: str | None) -> _Failure | None:
 
 # --- the hand-off -------------------------------------------------------------------------------------
 
-def hand_off(account_id: str, settings: Settings) -> OAuthTokenResponse:
-    """A usable access token for the account, and how to use it; raises ``ApiError`` (see module docs)."""
-    account = accounts.get_account(account_id)
-    if account is None:
-        raise NotFound(f"no account with id {account_id!r}")
+def hand_off(account_id: str, settings: Settings, *, caller: Caller) -> OAuthTokenResponse:
+    """A usable access token for the account, and how to use it; raises ``ApiError`` (see module docs).
+    An account the caller's API token may not see (``shared.core.access``) is answered as unknown (404)."""
+    account = caller.visible(accounts.get_account(account_id), account_id)
     app = apps.get_app(account.appId)
     if app is None:
         raise Conflict("app_unavailable", "the OAuth app of this account no longer exists; connect the "

@@ -19,7 +19,15 @@ How it checks, by the app's ``baseScopes`` (the check does what the app will do 
   only) points it elsewhere.
 
 Own (non-delegated) mailboxes are checked too: it costs one request, and a user without an Exchange
-Online mailbox, or with IMAP disabled, would otherwise get an account that fails at first use.
+Online mailbox, or with IMAP disabled, would otherwise get an account that fails at first use. The check
+also decides *which* address an own mailbox has (``shared.signin.flow``, "Which mailbox"): an address that
+only a token claim states is opened by address (``by_address``: IMAP ``user=<address>``, Graph
+``/users/{address}/mailFolders/inbox``), because Exchange resolves an address only among the recipients
+of the token's own tenant, so a claim set to another organisation's address cannot open anything.
+
+``read_directory_record`` reads the signer's own directory record (Graph ``GET /me``: ``id``,
+``userPrincipalName``, ``mail``) with the sign-in's token; only ``api`` apps have a Graph token (an ``imap``
+app's token is for Outlook, whose IMAP login proves the mailbox instead).
 
 Outcomes (``AccessResult.outcome``): ``ok``, ``denied``, ``not_found``, ``unavailable`` (the check could
 not run: timeout, network or TLS error, 5xx/429, an answer it does not understand). What the sign-in does
@@ -27,11 +35,12 @@ with them is set by ``MC_ACCESS_CHECK``:
 
 * ``on`` (default): denied / not_found refuse the sign-in (``error=mailbox_access_denied`` /
   ``mailbox_not_found``); ``unavailable`` is logged as a warning and does **not** block (a firewall that
-  blocks outbound IMAP must not make every sign-in fail): the account is stored with
-  ``meta.accessCheck = "skipped"``.
+  blocks outbound IMAP must not make every sign-in fail) for a **new** account only: it is stored with
+  ``meta.accessCheck = "skipped"`` and ``accessCheck = "pending"`` (proven later by
+  ``shared.core.mailbox_access.prove_access``). Moving an existing account to another signer needs ``ok``.
 * ``strict``: as ``on``, but ``unavailable`` refuses the sign-in with ``temporarily_unavailable`` (the
   same link can be retried).
-* ``off``: no check (``meta.accessCheck = "off"``).
+* ``off``: no check (``meta.accessCheck = "off"``, ``accessCheck = "off"``); no re-binding to another signer.
 
 Timeouts are short (``TIMEOUT_SECONDS``): the person waits on the callback. The token never appears in a
 log line or a result. ``requests`` and ``imaplib`` are imported on first use (cold start).
@@ -65,10 +74,20 @@ _NOT_FOUND_CODES = {"ErrorInvalidUser", "MailboxNotEnabledForRESTAPI", "Resource
 
 
 @dataclass(frozen=True)
+class DirectoryRecord:
+    """The signer's own directory record (Graph ``/me``)."""
+
+    id: str
+    user_principal_name: str
+    mail: str | None = None
+
+
+@dataclass(frozen=True)
 class AccessResult:
     outcome: str  # ok | denied | not_found | unavailable
     method: str  # graph | imap
     detail: str = ""  # for logs: what the server answered or why the check could not run (never the token)
+    record: DirectoryRecord | None = None  # read_directory_record only
 
     @property
     def ok(self) -> bool:
@@ -76,14 +95,50 @@ class AccessResult:
 
 
 def check_mailbox_access(app: AppRegistration, access_token: str, mailbox: str, signer_upn: str, settings: Settings,
-                         *, delegated: bool = True) -> AccessResult:
+                         *, delegated: bool = True, by_address: bool = False) -> AccessResult:
     """Check with ``access_token`` (just issued to ``signer_upn``) that ``mailbox`` can be opened.
 
-    Never raises for network or protocol trouble: that is ``unavailable``.
+    An own mailbox (``delegated=False``) is opened as the signer's (Graph ``/me``) unless ``by_address``:
+    then Graph opens ``/users/{mailbox}``, which proves that the address is a mailbox of the signer's
+    tenant that the signer opens. IMAP always logs in as ``mailbox``. Never raises for network or protocol
+    trouble: that is ``unavailable``.
     """
     if app.baseScopes == "api":
-        return _graph(app, access_token, mailbox, delegated, settings)
+        return _graph(app, access_token, mailbox, delegated or by_address, settings)
     return _imap(app, access_token, mailbox, settings)
+
+
+def read_directory_record(app: AppRegistration, access_token: str, settings: Settings) -> AccessResult:
+    """Graph ``GET /me?$select=id,userPrincipalName,mail`` with the signer's token (``api`` apps only).
+
+    ``ok`` with ``record`` set, else ``unavailable`` (Graph unreachable or 5xx, an answer without ``id``,
+    or a token Graph refuses: without the directory record nothing about the mailbox is proven).
+    """
+    import requests
+
+    if app.baseScopes != "api":
+        return AccessResult(UNAVAILABLE, "graph", "no Graph token (an imap app)")
+    url = f"{graph_base(app, settings)}/v1.0/me?$select=id,userPrincipalName,mail"
+    try:
+        response = http_session(settings).get(
+            url, headers={"Authorization": f"Bearer {access_token}", "Accept": "application/json"},
+            timeout=(min(5.0, TIMEOUT_SECONDS), TIMEOUT_SECONDS), allow_redirects=False,
+        )
+    except requests.RequestException as exc:
+        return AccessResult(UNAVAILABLE, "graph", f"Graph could not be reached ({_reason(exc)})")
+    said = f"Graph /me answered {response.status_code}"
+    if response.status_code != 200:
+        code = _graph_error_code(response)
+        return AccessResult(UNAVAILABLE, "graph", said + (f" {code}" if code else ""))
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, dict) or not isinstance(body.get("id"), str) or not body["id"] or \
+            not isinstance(body.get("userPrincipalName"), str) or not body["userPrincipalName"]:
+        return AccessResult(UNAVAILABLE, "graph", said + " without id and userPrincipalName")
+    mail = body.get("mail") if isinstance(body.get("mail"), str) and body.get("mail") else None
+    return AccessResult(OK, "graph", said, DirectoryRecord(body["id"], body["userPrincipalName"], mail))
 
 
 # --- Graph ------------------------------------------------------------------------------------------
@@ -214,5 +269,5 @@ def _first_line(text: str) -> str:
     return text.strip().splitlines()[0][:200] if text.strip() else ""
 
 
-__all__ = ["AccessResult", "check_mailbox_access", "OK", "DENIED", "NOT_FOUND", "UNAVAILABLE", "xoauth2",
-           "imap_endpoint", "graph_base"]
+__all__ = ["AccessResult", "DirectoryRecord", "check_mailbox_access", "read_directory_record", "OK", "DENIED",
+           "NOT_FOUND", "UNAVAILABLE", "xoauth2", "imap_endpoint", "graph_base"]

@@ -172,6 +172,46 @@ def _first_line(text: Any) -> str:
     return str(text or "").strip().splitlines()[0][:300] if text else ""
 
 
+# --- what the id_token proves about the signer's addresses ---------------------------------------------------
+
+def sign_in_name(claims: dict[str, Any]) -> str:
+    """The signer's sign-in name: ``preferred_username`` (the UPN of a work account, the address of a
+    personal one), else ``upn``, else the object id. Never the ``email`` claim."""
+    for key in ("preferred_username", "upn"):
+        value = claims.get(key)
+        if isinstance(value, str) and value.strip():
+            return value.strip()
+    return str(claims.get("oid") or "")
+
+
+def is_guest(claims: dict[str, Any]) -> bool:
+    """A user from another tenant or identity provider (B2B guest): Entra adds ``idp`` for them only. Their
+    ``preferred_username`` is an address of their home organisation, not one this tenant verified."""
+    idp = claims.get("idp")
+    return isinstance(idp, str) and bool(idp) and idp != claims.get("iss")
+
+
+def email_verified(claims: dict[str, Any]) -> bool:
+    """Whether the ``email`` claim's domain is verified by its owner (the optional ``xms_edov`` claim)."""
+    value = claims.get("xms_edov")
+    return value is True or (isinstance(value, str) and value.strip().lower() in ("true", "1"))
+
+
+def proven_addresses(claims: dict[str, Any]) -> list[str]:
+    """Addresses the id_token proves to be the signer's own, most specific first, without asking anyone:
+    the ``email`` claim only with ``xms_edov`` true, and the sign-in name when it is an address in a domain
+    verified by the signer's tenant (a UPN's domain must be; not so a guest's). The ``email`` claim alone
+    proves nothing: a tenant administrator can set it to any address (the "nOAuth" spoofing)."""
+    found: list[str] = []
+    email = claims.get("email")
+    if isinstance(email, str) and "@" in email and email_verified(claims):
+        found.append(email.strip())
+    name = sign_in_name(claims)
+    if "@" in name and not is_guest(claims) and name.lower() not in {a.lower() for a in found}:
+        found.append(name)
+    return found
+
+
 def validate_claims(claims: dict[str, Any], app: AppRegistration, settings: Settings, now: float | None = None) -> None:
     """What MSAL does not check: audience, issuer consistent with the tenant and the app's authority, expiry."""
     now = time.time() if now is None else now

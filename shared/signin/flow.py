@@ -9,6 +9,63 @@ mailbox with the access token just obtained; when the mailbox refuses the signer
 the app gets ``error=mailbox_access_denied`` or ``mailbox_not_found``. After the commit, the other
 accounts of the same credential are flipped back to ``connected`` (the refresh token works again).
 
+Who a mailbox belongs to (issue 12, points 1-3; the README's "Trust rules" says the same for app developers)
+    *Which mailbox* (``_prove_mailbox``). The signer is ``tid`` + ``oid``. A shared mailbox is the link's
+    address, and the access check opens it with the signer's token. An own mailbox is decided from proof,
+    never from a claim a tenant administrator can set (the id_token's ``email`` is sourced from the
+    directory's ``mail``, which may name any address in any domain: the "nOAuth" spoofing):
+
+    1. addresses proven without asking anyone: the ``email`` claim only when ``xms_edov`` (an optional claim)
+       says its domain owner is verified, and the sign-in name (``preferred_username``: the UPN, whose domain
+       the tenant verified; not for a B2B guest, whose id_token carries ``idp``);
+    2. ``api`` apps hold a Graph token: the signer's directory record (``GET /me``: ``id`` must be ``oid``,
+       ``userPrincipalName`` is proven, ``mail`` is the stated primary address). ``imap`` apps' tokens are
+       for Outlook: they have no ``/me``; their IMAP login, as the address, is the proof;
+    3. the stated primary address (``/me``'s ``mail``, else the ``email`` claim) is the mailbox when it is
+       proven (1, 2), or when the access check opens it *by that address* (IMAP ``user=<address>``; Graph
+       ``/users/{address}/mailFolders/inbox``): Exchange resolves an address only among the recipients of
+       the token's own tenant, so an address of another organisation cannot be opened. A stated address
+       the check refuses is not used; the mailbox is then the first proven address (1, 2), which the check
+       opens as the signer's own (IMAP as that address, Graph ``/me``);
+    4. when the check cannot run (``on``: unavailable; ``off``) only proven addresses (1, 2) are used; with
+       none (a guest without a directory record) the sign-in is refused with ``unverified_mailbox``.
+
+    So addresses never cross tenants: a derived account id is tenant + proven mailbox, and an existing
+    account never moves to another tenant (below). ``expectedEmail`` is met by the proven mailbox or by an
+    address proven to be the signer's own (EmailEngine's meaning: it pins the authenticating principal, for
+    a delegated mailbox the delegate), and it is stored on the account (``pinnedEmail``, shown by the API
+    as ``expectedEmail``): every later sign-in for that account must meet it too.
+
+    *Re-binding* (``_rebind_refusal``). A sign-in that lands on an existing account (its id in the link, or
+    the derived id) by another signer than the account's moves the account only when all of these hold;
+    else the app gets an error and nothing is written (the link nonce is not claimed, the link stays usable):
+
+    * (any signer) the account stays with its OAuth app: a sign-in through another app is refused with
+      ``error=app_mismatch`` (an API token restricted to one app must not move another app's account);
+    * same tenant, else ``error=tenant_mismatch``;
+    * an own mailbox (``delegated: false``) stays its owner's: another signer may only re-bind it as the
+      same own mailbox (a re-created user), never turn it into a delegated one or into another mailbox, else
+      ``error=owner_mismatch`` (the example of the issue: Bob, with Full Access to ada@, connecting ada@ as
+      a shared mailbox, would otherwise take Ada's own account and delete her credential);
+    * the access check positively proved that the new signer opens the mailbox (``ok``; never ``skipped`` or
+      ``off``), else ``error=access_not_proven`` (the same link works once the check can run);
+    * a pinned ``expectedEmail`` is met (``error=email_mismatch``; this applies to the same signer too).
+
+    The rules are checked on the row read before any write and again, under the row's ETag, in the commit
+    (a row that changed meanwhile is judged as it is then; a refusal there undoes the writes). A re-binding
+    that passes goes back to the app as ``state=existing&signerChanged=true`` (``state`` stays one of
+    EmailEngine's two values, so a client that knows only new|existing still sees a working, existing
+    account) and its ``authenticationSuccess`` webhook carries ``signerChanged: true`` and ``signerChange``
+    (from/to: upn, tenant, oid). The previous signer's index row goes, and its credential with its refresh
+    token when no other account uses it.
+
+    *Unproven access* (``MC_ACCESS_CHECK=on`` and a check that cannot run). A brand-new account is still
+    created, marked ``accessCheck: "pending"`` (``meta.accessCheck: "skipped"`` as before); the API shows
+    it, and ``shared.core.mailbox_access.prove_access`` (the keep-alive) finishes the proof later. A
+    re-binding is never let through unproven (above). ``strict`` refuses every unproven sign-in; ``off``
+    marks accounts ``accessCheck: "off"`` and makes re-binding to another signer impossible (delete the
+    account and connect it again).
+
 Webhook events (``shared.core.events``): the account row is written together with ``accountAdded`` and
 ``authenticationSuccess`` (new account) or ``authenticationSuccess`` (existing) in one transaction; the
 accounts flipped back to ``connected`` get ``authenticationSuccess`` with ``reason: credentialRepaired``.
@@ -30,15 +87,33 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, NamedTuple
 
+from pydantic import ValidationError
+
 from shared.checks import with_query
 from shared.clouds import scopes_for
 from shared.core import events
 from shared.core import links as linkcodec
 from shared.core.apps import client_secret, forget_client_secret
 from shared.errors import Busy, is_transient
-from shared.microsoft.access_check import DENIED, NOT_FOUND, OK, check_mailbox_access
-from shared.microsoft.identity import IdentityError, IdentityUnavailable, Tokens, redeem_code, start_flow
-from shared.schemas import LinkData
+from shared.microsoft.access_check import (
+    DENIED,
+    NOT_FOUND,
+    OK,
+    AccessResult,
+    check_mailbox_access,
+    read_directory_record,
+)
+from shared.microsoft.identity import (
+    IdentityError,
+    IdentityUnavailable,
+    Tokens,
+    email_verified,
+    proven_addresses,
+    redeem_code,
+    sign_in_name,
+    start_flow,
+)
+from shared.schemas import AccessCheck, LinkData
 from shared.settings import Settings
 from shared.storage.secrets.base import SecretStoreUnavailable
 from shared.storage.secrets.factory import get_secret_store
@@ -78,12 +153,14 @@ class HostedError(Exception):
 
 
 class AppError(Exception):
-    """A failure reported to the app: ``redirectUrl?error=..&error_description=..``."""
+    """A failure reported to the app: ``redirectUrl?error=..&error_description=..`` (and ``account``: the
+    link's, or ``account`` here, an existing account of the app the sign-in landed on)."""
 
-    def __init__(self, code: str, description: str) -> None:
+    def __init__(self, code: str, description: str, account: str | None = None) -> None:
         super().__init__(code)
         self.code = code
         self.description = description
+        self.account = account
 
 
 # --- ids -------------------------------------------------------------------------------------------
@@ -152,17 +229,23 @@ def start(data: str | None, sig: str | None, settings: Settings) -> Redirect:
 
 def complete(params: dict[str, str], cookies: dict[str, str], settings: Settings) -> Redirect:
     state = params.get("state") or ""
-    if not _STATE.match(state):
+    if not _STATE.fullmatch(state):  # fullmatch: "$" of match() would let a trailing newline through
         raise HostedError("session_unknown")
     name = _cookie_name(state)
     clear = [_cookie(name, "", 0, settings)]
     pending = flows.get_flow(state)
     if pending is None or pending.consumed:
         raise HostedError("session_unknown", cookies=clear)
-    link = LinkData.model_validate(pending.link)
+    try:  # stored by an older version: a link it accepted may break today's rules (e.g. a lone surrogate)
+        link = LinkData.model_validate(pending.link)
+    except ValidationError:
+        _best_effort("forget the flow", flows.forget_flow, state)
+        raise HostedError("link_invalid", cookies=clear) from None
     binding = cookies.get(name, "")
     if not binding or not hmac.compare_digest(_digest(binding), pending.binding):
-        raise HostedError("browser_mismatch", mailbox=link.email, retry_url=_retry_url(link, settings))
+        # Anyone who learns a state value could ask for this page: it names neither the link nor the mailbox
+        # (pages.py "browser_mismatch" tells the person to open the link again from where they got it).
+        raise HostedError("browser_mismatch")
     if pending.expiresAt <= utcnow():
         raise HostedError("session_expired", mailbox=link.email, retry_url=_retry_url(link, settings), cookies=clear)
     # From here the app's redirectUrl is known: every failure goes back there (../shared/DESIGN.md, the flow).
@@ -171,7 +254,7 @@ def complete(params: dict[str, str], cookies: dict[str, str], settings: Settings
             raise HostedError("session_unknown", cookies=clear)
         redirect = _finish(pending, link, params, settings)
     except AppError as exc:
-        redirect = _to_app(link, exc.code, exc.description)
+        redirect = _to_app(link, exc.code, exc.description, exc.account)
     except HostedError:
         raise  # the flow was consumed by another callback: nothing of this one to report to the app
     except Exception as exc:  # noqa: BLE001 - storage or a bug: the app gets a clear error, never a 500
@@ -203,6 +286,7 @@ def _to_app(link: LinkData, code: str, description: str, account: str | None = N
     target = account or link.account
     if target:
         params["account"] = target
+    params["link"] = link.nonce  # the link's id (the form's `link`), so the app knows which of its links failed
     return Redirect(with_query(link.redirectUrl, params))
 
 
@@ -229,40 +313,46 @@ def _finish(pending: PendingFlow, link: LinkData, params: dict[str, str], settin
 
     claims = tokens.claims
     tid, oid = claims["tid"], claims["oid"]
-    upn = str(claims.get("preferred_username") or claims.get("upn") or claims.get("email") or oid)
-    own_address = str(claims.get("email") or upn)
-    mailbox = own_address
-    if link.delegated:
-        if not link.email:  # the form requires it for a delegated link; never signed without
-            raise AppError("invalid_request", "the sign-in link names no shared mailbox")
-        mailbox = link.email
-    if link.expectedEmail and mailbox.lower() != link.expectedEmail.lower():
-        raise AppError("email_mismatch", f"signed in as {upn}, but the link expects {link.expectedEmail}")
+    if link.delegated and not link.email:  # the form requires it for a delegated link; never signed without
+        raise AppError("invalid_request", "the sign-in link names no shared mailbox")
+    # Before any write: which mailbox, proven how (module docstring, "Who a mailbox belongs to"). A refused
+    # mailbox leaves nothing behind and the link stays usable.
+    proof = _prove_mailbox(app, tokens, link, settings)
+    mailbox, upn, access = proof.mailbox, proof.upn, proof.access
+    if link.expectedEmail and not proof.matches(link.expectedEmail):
+        raise AppError("email_mismatch", f"signed in as {upn}, whose proven mailbox is {mailbox}, but the link "
+                                         f"expects {link.expectedEmail}")
     account_id = link.account or derived_account_id(tid, mailbox)
     cred_id = credential_id(app.id, tid, oid)
-    # Before any write: a refused mailbox leaves nothing behind and the link stays usable.
-    access = _check_access(app, tokens, mailbox, upn, link.delegated, account_id, settings)
-
-    try:
-        claimed = links.claim(link.nonce, account_id, datetime.fromtimestamp(link.exp, UTC),
-                              owner=pending.state)
-    except Exception:
-        _best_effort("release the link", links.release, link.nonce, pending.state)  # the insert may have landed
-        raise
-    if not claimed:
-        raise AppError("link_used", "this sign-in link was already used")
     now = utcnow()
     account = Account(
         account=account_id, email=mailbox, name=link.name or claims.get("name"), delegated=link.delegated,
         appId=app.id, credentialId=cred_id, signerUpn=upn, signerTid=tid, signerOid=oid,
         signerName=claims.get("name"), created=now, updated=now,
+        accessCheck=proof.access_mark, accessCheckedAt=now if proof.access_mark == "ok" else None,
+        pinnedEmail=link.expectedEmail,
         # redirectUrl: where a re-authentication link of an authenticationError webhook sends the user
         meta={**link.meta, "accessCheck": access, "redirectUrl": link.redirectUrl},
     )
+    # An existing account may move to this signer only under the re-binding rules: checked here, before any
+    # write, and again under the row's ETag at the commit (the read is also the commit's first attempt).
+    existing = accounts.get_account(account_id)
+    if existing is not None and (refusal := _rebind_refusal(existing, account, proof)) is not None:
+        _log_refusal(existing, account, refusal)
+        raise refusal
+
+    try:
+        claimed = links.claim(link.nonce, account_id, datetime.fromtimestamp(link.exp, UTC),
+                              owner=pending.state, credential=cred_id)
+    except Exception:
+        _best_effort("release the link", links.release, link.nonce, pending.state)  # the insert may have landed
+        raise
+    if not claimed:
+        raise AppError("link_used", "this sign-in link was already used")
     try:
         stored = _store_credential(app.id, cred_id, tid, oid, upn, claims.get("name"), tokens, settings)
         principals.add_account(cred_id, account_id, mailbox)
-        state, previous = _commit(account)
+        state, previous = _commit(account, proof, existing)
     except BaseException as exc:
         _undo_before_commit(link.nonce, pending.state, cred_id, account_id, settings)
         if isinstance(exc, SecretStoreUnavailable):
@@ -278,8 +368,147 @@ def _finish(pending: PendingFlow, link: LinkData, params: dict[str, str], settin
     _best_effort("check the binding", _ensure_binding, stored, account_id, mailbox, settings)
     if stored.was_broken:
         _mark_connected(cred_id)
-    log.info("account %s %s (delegated=%s, access check %s)", account_id, state, link.delegated, access)
-    return Redirect(with_query(link.redirectUrl, {"account": account_id, "state": state}))
+    signer_changed = previous is not None and events.signer_changed(previous, account)
+    log.info("account %s %s (delegated=%s, access check %s%s)", account_id, state, link.delegated, access,
+             f"; signer changed from {previous.signerUpn} to {upn}" if previous is not None and signer_changed
+             else "")
+    # What the app verifies the redirect against (GET /v1/links/{link}, shared.admin.links).
+    _best_effort("mark the link completed", _complete_link, link, state, app.id)
+    back = {"account": account_id, "state": state, "link": link.nonce}
+    if signer_changed:  # state stays "existing" (EmailEngine clients know new|existing); the flag says more
+        back["signerChanged"] = "true"
+    return Redirect(with_query(link.redirectUrl, back))
+
+
+def _complete_link(link: LinkData, state: str, app_id: str) -> None:
+    links.complete(link.nonce, state=state, app=app_id, link_expires=datetime.fromtimestamp(link.exp, UTC))
+
+
+@dataclass(frozen=True)
+class _Proof:
+    """What a sign-in proved before any write: the mailbox and the signer's own addresses."""
+
+    mailbox: str
+    access: str  # the access check: ok | skipped (could not run) | off (meta.accessCheck)
+    upn: str  # the signer's UPN (the directory's when Graph's /me was read)
+    own: frozenset[str]  # lower-cased addresses proven to be the signer's own (expectedEmail's principal)
+    how: str  # shared (the link's) | opened | verifiedEmail | directory | upn
+
+    def matches(self, address: str) -> bool:
+        """``expectedEmail``: the mailbox, or an address proven to be the signer's own (EmailEngine's meaning:
+        the authenticating principal; for an own mailbox both are the same person)."""
+        wanted = address.strip().lower()
+        return wanted == self.mailbox.lower() or wanted in self.own
+
+    @property
+    def access_mark(self) -> AccessCheck:
+        return "ok" if self.access == "ok" else "off" if self.access == "off" else "pending"
+
+
+def _prove_mailbox(app: OAuthApp, tokens: Tokens, link: LinkData, settings: Settings) -> _Proof:
+    """Decide the mailbox from proof (module docstring, "Who a mailbox belongs to"); raise AppError to stop.
+
+    A shared mailbox is the link's address, proven by the access check. An own mailbox is the signer's
+    primary address as the directory states it (Graph ``/me``'s ``mail``, else the ``email`` claim) when that
+    is proven: verified (``xms_edov``), the UPN, or opened by the access check by that address in the
+    signer's tenant. Otherwise it is the first address proven without asking anyone (the verified
+    ``email``, the UPN, the directory's UPN), which the access check then opens as the signer's own mailbox.
+    """
+    claims, mode, label = tokens.claims, settings.access_check, link.account or "(new)"
+    upn = sign_in_name(claims)
+    raw_email = claims.get("email")
+    email = raw_email.strip() if isinstance(raw_email, str) and "@" in raw_email else None
+    verified = email.lower() if email and email_verified(claims) else None
+    proven = [(a, "verifiedEmail" if a.lower() == verified else "upn") for a in proven_addresses(claims)]
+    if link.delegated:
+        assert link.email is not None  # checked by the caller
+        access = _check_access(app, tokens, link.email, upn, True, label, settings)
+        return _Proof(link.email, access, upn, frozenset(a.lower() for a, _ in proven), "shared")
+
+    stated = email
+    if app.baseScopes == "api" and mode != "off":  # only an api app's token is for Graph
+        read = read_directory_record(app, tokens.access_token, settings)
+        if read.record is None:  # Graph cannot say who this is: the check cannot run
+            return _first_proven(proven, _unavailable(read, f"of {upn}", label, mode), upn, email)
+        if read.record.id.lower() != str(claims["oid"]).lower():
+            raise AppError("invalid_token", "Microsoft Graph's record of the signer is another user than the sign-in's")
+        upn = read.record.user_principal_name
+        proven.append((upn, "directory"))
+        stated = read.record.mail or stated
+    own = frozenset(a.lower() for a, _ in proven)
+    if mode == "off":
+        return _first_proven(proven, "off", upn, stated)
+    if stated and stated.lower() not in own:  # stated only by a claim: proven only if the check opens it
+        result = check_mailbox_access(app, tokens.access_token, stated, upn, settings, delegated=False,
+                                      by_address=True)
+        if result.outcome == OK:  # Exchange found it among the recipients of the signer's own tenant
+            return _Proof(stated, "ok", upn, own | {stated.lower()}, "opened")
+        if result.outcome not in (DENIED, NOT_FOUND):
+            return _first_proven(proven, _unavailable(result, stated, label, mode), upn, stated)
+        log.info("sign-in of %s: %s, stated only by a claim, is no mailbox this signer opens (%s); not used",
+                 upn, stated, result.detail)
+        if not proven:
+            raise AppError(*_refusal(result.outcome, result.method, stated, upn, False))
+    address, how = _pick(proven, stated, upn)
+    access = _check_access(app, tokens, address, upn, False, label, settings)
+    return _Proof(address, access, upn, own, how)
+
+
+def _pick(proven: list[tuple[str, str]], stated: str | None, upn: str) -> tuple[str, str]:
+    """The stated address when it is proven, else the first proven one; none at all refuses the sign-in."""
+    for address, how in proven:
+        if stated and address.lower() == stated.lower():
+            return address, how
+    if not proven:
+        raise AppError("unverified_mailbox",
+                       f"no verified address of {upn}'s mailbox: " + (f"{stated} is stated only by an unverified "
+                       "claim, and " if stated else "") + "the mailbox access check could not confirm one; "
+                       "try the link again")
+    return proven[0]
+
+
+def _first_proven(proven: list[tuple[str, str]], access: str, upn: str, stated: str | None = None) -> _Proof:
+    """The own mailbox when the check did not run (``off``) or could not prove the stated address."""
+    address, how = _pick(proven, stated, upn)
+    return _Proof(address, access, upn, frozenset(a.lower() for a, _ in proven), how)
+
+
+def _rebind_refusal(current: Account, new: Account, proof: _Proof) -> AppError | None:
+    """Why ``new`` (this sign-in) may not replace ``current``, or None. The rules (module docstring): the
+    account stays with its OAuth app; another signer needs the same tenant, for someone's own mailbox the
+    same own mailbox, and a positive access check; an address pinned by ``expectedEmail`` must be proven by
+    every sign-in."""
+    if current.appId != new.appId:  # not named: the account may belong to an app this link's maker cannot see
+        return AppError("app_mismatch", f"the mailbox {new.email} is connected through another OAuth app; delete "
+                                        "that account first, or connect it with another account id")
+    if events.signer_changed(current, new):
+        if current.signerTid.lower() != new.signerTid.lower():
+            return AppError("tenant_mismatch",
+                            f"the account {current.account} belongs to another Microsoft 365 organisation than "
+                            f"{new.signerUpn}; sign in with a user of that organisation", current.account)
+        if not current.delegated and (new.delegated or new.email.lower() != current.email.lower()):
+            return AppError("owner_mismatch",
+                            f"the account {current.account} is the own mailbox of {current.signerUpn}; "
+                            f"{new.signerUpn} cannot take it over (only its owner signs in for it again; "
+                            f"connect {new.email} with another account id)", current.account)
+        if proof.access != "ok":
+            why = ("the mailbox access check is turned off (MC_ACCESS_CHECK=off)" if proof.access == "off"
+                   else "the mailbox access check could not run; try the link again")
+            return AppError("access_not_proven",
+                            f"the account {current.account} is connected by {current.signerUpn}; moving it to "
+                            f"{new.signerUpn} needs proof that {new.signerUpn} can open {new.email}, and {why}",
+                            current.account)
+    if current.pinnedEmail and not proof.matches(current.pinnedEmail):
+        return AppError("email_mismatch",
+                        f"the account {current.account} is pinned to {current.pinnedEmail} (the expectedEmail of "
+                        f"its sign-in); signed in as {new.signerUpn}, whose proven mailbox is {new.email}",
+                        current.account)
+    return None
+
+
+def _log_refusal(current: Account, new: Account, refusal: AppError) -> None:
+    log.warning("account %s: sign-in of %s (tenant %s) refused: %s (the account is signed by %s, tenant %s)",
+                current.account, new.signerUpn, new.signerTid, refusal.code, current.signerUpn, current.signerTid)
 
 
 def _check_access(app: OAuthApp, tokens: Tokens, mailbox: str, upn: str, delegated: bool, account_id: str,
@@ -298,9 +527,15 @@ def _check_access(app: OAuthApp, tokens: Tokens, mailbox: str, upn: str, delegat
         log.info("account %s: mailbox access check refused the sign-in: %s (%s)", account_id, result.outcome,
                  result.detail)
         raise AppError(*_refusal(result.outcome, result.method, mailbox, upn, delegated))
+    return _unavailable(result, mailbox, account_id, mode)
+
+
+def _unavailable(result: AccessResult, mailbox: str, account_id: str, mode: str) -> str:
+    """A check that could not run: ``strict`` refuses the sign-in, ``on`` lets a new account through unproven
+    (``skipped``; a re-binding is refused later by ``_rebind_refusal``)."""
     log.warning("account %s: the mailbox access check could not run over %s: %s; %s", account_id, result.method,
                 result.detail, "sign-in refused (MC_ACCESS_CHECK=strict)" if mode == "strict"
-                else "account stored unchecked (meta.accessCheck=skipped)")
+                else "account stored unchecked (meta.accessCheck=skipped, accessCheck=pending)")
     if mode == "strict":
         raise AppError("temporarily_unavailable",
                        f"access to the mailbox {mailbox} could not be checked right now; try the link again")
@@ -370,11 +605,12 @@ def _ensure_binding(stored: _Stored, account_id: str, mailbox: str, settings: Se
         principals.upsert_credential(stored.credential)
 
 
-def _commit(account: Account) -> tuple[str, Account | None]:
+def _commit(account: Account, proof: _Proof, known: Account | None) -> tuple[str, Account | None]:
     """``_commit_account``, where a failure whose write may still have landed (a lost answer) is settled by
-    reading the row back: our write is recognised by its ``updated`` timestamp and credential."""
+    reading the row back: our write is recognised by its ``updated`` timestamp and credential. ``known`` is
+    the row read before the writes (the previous row, when the lost answer leaves no other)."""
     try:
-        return _commit_account(account)
+        return _commit_account(account, proof, known)
     except Exception as exc:
         if not is_transient(exc):
             raise
@@ -385,7 +621,9 @@ def _commit(account: Account) -> tuple[str, Account | None]:
         if current is None or current.credentialId != account.credentialId or current.updated != account.updated:
             raise
         log.warning("account %s: the commit's answer was lost, but the write landed", account.account)
-        return ("new" if current.created == account.created else "existing"), None
+        if current.created == account.created:
+            return "new", None
+        return "existing", known if known is not None and known.created == current.created else None
 
 
 def _undo_before_commit(nonce: str, owner: str, cred_id: str, account_id: str, settings: Settings) -> None:
@@ -404,25 +642,48 @@ def _undo_before_commit(nonce: str, owner: str, cred_id: str, account_id: str, s
         _best_effort("take back the new binding", unbind, cred_id, account_id, settings)
 
 
-def _commit_account(account: Account) -> tuple[str, Account | None]:
+def _commit_account(account: Account, proof: _Proof | None = None,
+                    known: Account | None = None) -> tuple[str, Account | None]:
     """Insert, or replace the existing row under its ETag; retried (with a short random wait, up to
-    ``COMMIT_ATTEMPTS`` times) when a concurrent write wins, then 503.
+    ``COMMIT_ATTEMPTS`` times) when a concurrent write wins, then 503. The first attempt uses ``known`` (the
+    row read before the writes; None: insert without reading, so a new account costs one write). ``proof``
+    defaults to what the row itself says (its mailbox, signer and ``accessCheck``).
 
-    The sign-in's events (``accountAdded`` + ``authenticationSuccess``, or ``authenticationSuccess``) are
-    written in the same transaction as the row (``shared.core.events``), then published.
+    Replacing an existing row applies the re-binding rules (``_rebind_refusal``) to the row as it is now, so
+    a row that changed since ``known`` cannot slip past them; a refusal raises its AppError (the caller
+    undoes its writes). An address pinned by ``expectedEmail`` is kept; an earlier positive access check of
+    the same signer and mailbox is kept when this one could not run.
+
+    The sign-in's events (``accountAdded`` + ``authenticationSuccess``, or ``authenticationSuccess``, which
+    reports a change of signer) are written in the same transaction as the row (``shared.core.events``),
+    then published.
     """
+    proven = proof or _Proof(account.email, {"ok": "ok", "off": "off"}.get(account.access_status, "skipped"),
+                             account.signerUpn, frozenset({account.signerUpn.lower()}), "row")
+
     def change(current: Account | None) -> _Commit:
         if current is None:  # no row (yet): insert ours
             return _Commit("new", account, [events.account_added(account),
                                             events.authentication_success(account, reason="signIn", state="new")])
+        refusal = _rebind_refusal(current, account, proven)
+        if refusal is not None:
+            _log_refusal(current, account, refusal)
+            raise refusal
+        kept: dict[str, object] = {}
+        if account.accessCheck == "pending" and current.access_status == "ok" and \
+                not events.signer_changed(current, account) and current.email.lower() == account.email.lower():
+            kept = {"accessCheck": "ok", "accessCheckedAt": current.accessCheckedAt}
         merged = account.model_copy(update={
             "created": current.created,
             "name": account.name or current.name,
             "meta": {**current.meta, **account.meta},
+            "pinnedEmail": account.pinnedEmail or current.pinnedEmail,
+            **kept,
         })
         merged.etag = current.etag
         return _Commit("existing", merged, [events.authentication_success(
-            merged, reason="signIn", state="existing", repaired=current.state == AUTH_ERROR)], current)
+            merged, reason="signIn", state="existing", repaired=current.state == AUTH_ERROR, previous=current)],
+            current)
 
     def write(commit: _Commit) -> bool:
         if commit.previous is None:
@@ -432,9 +693,9 @@ def _commit_account(account: Account) -> tuple[str, Account | None]:
     def spread(attempt: int) -> None:  # contention: spread the retries
         time.sleep(random.uniform(0, min(0.1, 0.005 * 2 ** attempt)))
 
-    try:  # the first attempt inserts without reading: a new account costs one write
+    try:
         commit = change_row(lambda: accounts.get_account(account.account), change, write,
-                            attempts=COMMIT_ATTEMPTS, first=lambda: None, pause=spread)
+                            attempts=COMMIT_ATTEMPTS, first=lambda: known, pause=spread)
     except ConcurrentChange:
         raise Busy("the account is being changed concurrently; retry", retry_after=1) from None
     assert commit is not None  # the change always writes

@@ -2,10 +2,12 @@
 
 Every page is small and self-contained (inline CSS, no scripts, no external assets, so the CSP can forbid
 everything else), in plain words: what happened, the mailbox concerned, what to do next, and a "Try again"
-link when a retry can help. Never a stack trace, an internal id, a trace id or a token.
+link when a retry can help. Never a stack trace, an internal id, a trace id or a token. ``browser_mismatch``
+(a callback without its browser's cookie: maybe someone who learnt a ``state`` value) names neither the
+mailbox nor the link and has no "Try again": the person reopens the link from where they got it.
 
 ``page(kind, mailbox=, retry_url=, detail=)`` gives the HTML and status (HTML only: the web layer sends it
-with ``SECURITY_HEADERS``).
+with ``security_headers()``: ``SECURITY_HEADERS``, and HSTS over https).
 ``detail`` is an extra line for the person (for example Microsoft's error description); it is cut to its
 first line, stripped of Microsoft's trace/correlation ids and timestamps, and shortened. An unknown
 ``kind`` renders the generic ``error`` page rather than failing.
@@ -36,6 +38,15 @@ SECURITY_HEADERS = {
     "Pragma": "no-cache",
     "X-Content-Type-Options": "nosniff",
 }
+# HSTS: one year, this host only (no includeSubDomains: the service may live under an app's own domain, whose
+# other hosts are not ours to pin; no preload). Only over https; see ``security_headers``.
+HSTS = "max-age=31536000"
+
+
+def security_headers(https: bool) -> dict[str, str]:
+    """``SECURITY_HEADERS``, plus ``Strict-Transport-Security`` when the pages are served over https (the web
+    layer decides that from ``MC_PUBLIC_URL``: links and the ``/oauth`` redirect URI are built from it)."""
+    return {**SECURITY_HEADERS, "Strict-Transport-Security": HSTS} if https else dict(SECURITY_HEADERS)
 
 _START_AGAIN = "Go back to the app that sent you here and ask it for a new sign-in link."
 
@@ -74,9 +85,9 @@ PAGES: dict[str, PageText] = {
     "browser_mismatch": PageText(
         "Finish signing in in the same browser",
         "This sign-in was started in another browser or window, or your browser blocked the cookie that "
-        "ties the sign-in to it.",
-        "Open the sign-in link again in this browser and sign in there. If it happens again, allow cookies "
-        "for this site."),
+        "ties the sign-in to it. For your security, this page cannot continue it.",
+        "Open the sign-in link again from the app or the message that gave it to you, in the browser you "
+        "want to use, and sign in there. If it happens again, allow cookies for this site."),
     "unavailable": PageText(
         "The service is busy",
         "We could not reach a service we depend on. Nothing was changed.",

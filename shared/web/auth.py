@@ -1,13 +1,26 @@
 """API authentication: ``Authorization: Bearer <api token>``, checked against stored hashes on every call.
 
-A ``mcb_`` token is the one-time admin bootstrap of a private deployment (:mod:`shared.admin.bootstrap`)."""
+A ``mcb_`` token is the one-time admin bootstrap of a private deployment (:mod:`shared.admin.bootstrap`).
+
+:func:`require_token` (run by ``shared.web.http.call_api`` before the handler) keeps the token it accepted on
+the request; the handler gets the :class:`shared.core.access.Caller` from :func:`caller_of` and passes it to
+the service, which enforces the token's restriction to OAuth apps or accounts. A restricted token is
+refused on every route but ``api`` ones (403), whatever its stored scopes say.
+"""
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import azure.functions as func
 
 from shared.errors import Forbidden, Unauthorized
 from shared.storage.tables.apitokens import BOOTSTRAP_PREFIX, ApiToken, find_token
+
+if TYPE_CHECKING:  # pragma: no cover
+    from shared.core.access import Caller
+
+_TOKEN_ATTRIBUTE = "_mailbox_connect_token"  # the accepted token record, kept on the request object
 
 
 def require_token(req: func.HttpRequest, scope: str = "api") -> ApiToken:
@@ -28,4 +41,19 @@ def require_token(req: func.HttpRequest, scope: str = "api") -> ApiToken:
                            headers={"WWW-Authenticate": 'Bearer realm="mailbox-connect", error="invalid_token"'})
     if scope not in record.scope_set:
         raise Forbidden(f"the API token lacks the {scope!r} scope")
+    if scope != "api" and record.restricted:
+        raise Forbidden(f"an API token restricted to apps or accounts cannot use {scope!r} operations")
+    setattr(req, _TOKEN_ATTRIBUTE, record)
     return record
+
+
+def caller_of(req: func.HttpRequest) -> Caller:
+    """Who calls: the token :func:`require_token` accepted for this request. Fails closed (401) on a request
+    that went through no token check (a handler of a public route must not ask)."""
+    from shared.core.access import Caller
+
+    record = getattr(req, _TOKEN_ATTRIBUTE, None)
+    if not isinstance(record, ApiToken):
+        raise Unauthorized("send Authorization: Bearer <api token>",
+                           headers={"WWW-Authenticate": 'Bearer realm="mailbox-connect"'})
+    return Caller.of(record)

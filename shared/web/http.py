@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -31,6 +33,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("mailbox_connect")
 M = TypeVar("M", bound="BaseModel")
 MAX_BODY = 64 * 1024
+MAX_DEPTH = 32  # arrays and objects nested deeper are refused before parsing (no RecursionError, no 500)
+MAX_NUMBER_DIGITS = 64  # no field needs more; Python itself refuses ints of more than 4,300 digits
+# A JSON string (an unterminated one runs to the end, so the scan stays linear) or a bracket.
+_STRING_OR_BRACKET = re.compile(rb'"(?:[^"\\]|\\.)*"?|[\[\]{}]', re.DOTALL)
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 
@@ -59,13 +65,53 @@ def parse_json(req: func.HttpRequest, model: type[M]) -> M:
     raw = req.get_body() or b""
     if len(raw) > MAX_BODY:
         raise PayloadTooLarge(f"the body is larger than {MAX_BODY} bytes")
+    return validate(model, loads(raw))
+
+
+def loads(raw: bytes) -> dict[str, Any]:
+    """A request body as a JSON object, or a 400 ``invalid_json`` that says what is wrong with it.
+
+    Refused before or while parsing, so bad input never reaches a handler as a 500: invalid UTF-8 or JSON,
+    nesting deeper than ``MAX_DEPTH`` (the parser would raise ``RecursionError``), numbers of more than
+    ``MAX_NUMBER_DIGITS`` digits or that are not finite (``1e999``, ``NaN``, ``Infinity``: not JSON), and a
+    body that is not an object. Strings are checked by the request models (``shared.schemas``: no unpaired
+    surrogates or non-characters).
+    """
+    def bad(message: str) -> InvalidInput:
+        return InvalidInput(message, code="invalid_json")
+
+    depth = 0
+    for token in _STRING_OR_BRACKET.finditer(raw):
+        bracket = token.group()
+        if bracket in (b"[", b"{"):
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise bad(f"the body nests arrays and objects deeper than {MAX_DEPTH} levels")
+        elif bracket in (b"]", b"}"):
+            depth -= 1
+
+    def number(text: str) -> int | float:
+        if len(text.lstrip("-").replace(".", "").split("e")[0].split("E")[0]) > MAX_NUMBER_DIGITS:
+            raise OverflowError
+        value = float(text) if any(c in text for c in ".eE") else int(text)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise OverflowError
+        return value
+
+    def constant(name: str) -> None:
+        raise OverflowError
+
     try:
-        data = json.loads(raw.decode("utf-8"))
+        data = json.loads(raw.decode("utf-8"), parse_int=number, parse_float=number, parse_constant=constant)
+    except OverflowError:
+        raise bad(f"the body has a number that is not finite or has more than {MAX_NUMBER_DIGITS} digits") from None
+    except RecursionError:  # the depth check above makes this unreachable; a 400, never a 500, regardless
+        raise bad("the body nests arrays and objects too deeply") from None
     except (UnicodeDecodeError, ValueError):
-        raise InvalidInput("the body is not valid JSON", code="invalid_json") from None
+        raise bad("the body is not valid JSON") from None
     if not isinstance(data, dict):
-        raise InvalidInput("the body must be a JSON object", code="invalid_json")
-    return validate(model, data)
+        raise bad("the body must be a JSON object")
+    return data
 
 
 def validate(model: type[M], data: Any) -> M:
@@ -81,6 +127,9 @@ def validate(model: type[M], data: Any) -> M:
 def validation_error(exc: ValidationError) -> ApiError:
     first = exc.errors(include_url=False, include_input=False)[0]
     field = ".".join(str(p) for p in first.get("loc", ()) if p != "__root__") or None
+    if field is None and first.get("type") == "invalid_text":  # a model-level check that names the field
+        field = str((first.get("ctx") or {}).get("field") or "") or None
+        return InvalidInput(first.get("msg", "invalid text"), field=field, code="invalid_text")
     if first.get("type") == "extra_forbidden":
         return InvalidInput(f"unknown field: {field}", field=field, code="unknown_field")
     message = first.get("msg", "invalid value").removeprefix("Value error, ")

@@ -25,7 +25,7 @@ REF = "#/components/schemas/{model}"
 _ERRORS = {
     400: "Bad input: invalid JSON, an unknown field, or an invalid value (`field` names it)",
     401: "No API token, or a token that is not valid or was revoked",
-    403: "The API token lacks the scope this operation needs",
+    403: "The API token lacks the scope this operation needs (a token restricted to apps or accounts has only `api`)",
     404: "Not found",
     409: "Conflict with the current state (see `error`)",
     410: "Gone",
@@ -41,6 +41,7 @@ _PATH_PARAMS = {
     "id": "The API token id",
     "webhook": "The webhook id",
     "deadletter": "The dead letter id (`<webhook id>.<event id>`)",
+    "link": "The link id (`link` of the form's answer and of the redirect back)",
 }
 
 
@@ -65,8 +66,17 @@ class Operation:
 OPERATIONS: tuple[Operation, ...] = (
     Operation("POST", "/v1/authentication/form", "createAuthenticationForm",
               "Create a hosted sign-in link (EmailEngine's form)", "authentication", "api",
-              FormResponse, request=FormRequest, errors=(400, 413, 415),
-              description="No storage write: the link carries every field, signed, and expires."),
+              FormResponse, request=FormRequest, errors=(400, 404, 413, 415),
+              description="No storage write: the link carries every field, signed, and expires. Keep the answer's "
+                          "`link` with your user and verify the redirect back with `GET /v1/links/{link}`. "
+                          "A token restricted to apps or accounts creates links only for them (404 for an "
+                          "existing account outside them)."),
+    Operation("GET", "/v1/links/{link}", "getLinkStatus", "Verify the redirect back: the account a link produced",
+              "authentication", "api", m.LinkStatus, errors=(400, 404),
+              description="Answers which account the sign-in of this link wrote, so an app can check the "
+                          "redirect's `account` (and `state`) against the link it made for this user instead of "
+                          "trusting the URL. 404 when the link is unknown, did not (yet) produce an account, or "
+                          "its account is outside the token's restriction. Kept at least a day after the sign-in."),
     Operation("GET", "/v1/accounts", "listAccounts", "List accounts (cursor paging)", "accounts", "api",
               m.AccountList, query=m.AccountListQuery, errors=(400,),
               description="A page may hold fewer than `pageSize` accounts while `nextCursor` is set; only "
@@ -83,7 +93,8 @@ OPERATIONS: tuple[Operation, ...] = (
               request=m.ReauthRequest, errors=(400, 404, 409, 413, 415),
               description="The link keeps the account's id, mailbox, app and `delegated`, and hints the "
                           "current signer (`login_hint`, `domain_hint`). The redirect back carries "
-                          "`state=existing`."),
+                          "`state=existing` (and `signerChanged=true` when another person signed in and "
+                          "was allowed to take the account over: README, \"Who a mailbox belongs to\")."),
     Operation("GET", "/v1/account/{account}/oauth-token", "getAccountOAuthToken",
               "Get a fresh access token for the mailbox", "accounts", "api", m.OAuthTokenResponse,
               errors=(400, 404, 409, 502),
@@ -101,7 +112,10 @@ OPERATIONS: tuple[Operation, ...] = (
               m.OAuthAppDeleted, errors=(400, 404, 409),
               description="409 `app_in_use` while accounts use the app."),
     Operation("POST", "/v1/tokens", "createApiToken", "Mint an API token (shown once)", "tokens", "admin",
-              m.ApiTokenCreated, status=201, request=m.ApiTokenCreate, errors=(400, 413, 415)),
+              m.ApiTokenCreated, status=201, request=m.ApiTokenCreate, errors=(400, 413, 415),
+              description="`apps` and/or `accounts` restrict an `api` token: every route then answers only for "
+                          "those accounts (others are 404, listings leave them out) and forms only for those "
+                          "apps. A restricted token cannot have the `admin` scope (400)."),
     Operation("GET", "/v1/tokens", "listApiTokens", "List API tokens (never the tokens)", "tokens", "admin",
               m.ApiTokenList),
     Operation("DELETE", "/v1/tokens/{id}", "revokeApiToken", "Revoke an API token", "tokens", "admin",

@@ -63,7 +63,14 @@ Targets
     drops its undelivered rows. Time comes from an injectable clock (``Dispatcher(clock=...)``), so the
     whole 24-hour schedule is tested without waiting.
 
+Targets are public (SSRF)
+    A target written as an internal address (private, loopback outside local development, link-local,
+    metadata, ... in any spelling) is refused when registered (``shared.checks.check_webhook_url``), and
+    every connection goes only to addresses checked when it opens (``transport``): a host name resolving
+    to an internal address is a failed attempt with ``lastError = "refused: ..."``.
+
 Modules (layer: webhooks, beside signin and handoff, never importing them): ``signature`` (the headers and
 HMAC a receiver checks), ``targets`` (where events go and their secrets), ``dispatcher`` (fan-out, claims,
-backoff, dead letters). The ``/v1/webhooks`` API is ``shared.admin.webhooks``. This file stays import-free.
+backoff, dead letters), ``transport`` (the HTTP session whose sockets go only to checked addresses). The
+``/v1/webhooks`` API is ``shared.admin.webhooks``. This file stays import-free.
 """

@@ -72,8 +72,8 @@ class Dispatcher:
     report: RunReport = field(default_factory=RunReport)
 
     def __post_init__(self) -> None:
-        if self.session is None:
-            self.session = _shared_session()
+        if self.session is None:  # loopback targets only in local development (shared.webhooks.transport)
+            self.session = _shared_session(loopback=not self.settings.in_azure)
 
     # -- the timer functions
 
@@ -224,6 +224,8 @@ class Dispatcher:
         """(HTTP status, error text); status None when the receiver was not reached."""
         import requests
 
+        from shared.webhooks.transport import ForbiddenAddress
+
         try:
             secret = secret_of(target, self.settings)
         except SecretNotFound:
@@ -241,6 +243,8 @@ class Dispatcher:
         try:
             response = self.session.post(target.url, data=body, headers=headers, timeout=TIMEOUT,
                                          allow_redirects=False, stream=True)
+        except ForbiddenAddress as exc:  # checked at connection time: nothing was sent
+            return None, f"refused: {exc}"
         except requests.RequestException as exc:
             return None, _reason(exc)
         response.close()  # the body is not read: only the status counts
@@ -251,23 +255,20 @@ class Dispatcher:
 
 _report_lock = threading.Lock()
 _session_lock = threading.Lock()
-_sessions: list[requests.Session] = []
+_sessions: dict[bool, requests.Session] = {}
 
 
-def _shared_session() -> requests.Session:
-    """One session per process, so connections to receivers are reused from one run to the next."""
+def _shared_session(*, loopback: bool) -> requests.Session:
+    """One session per process (and address policy), so connections to receivers are reused from one run to
+    the next. Its sockets go only to addresses checked when they were opened (``shared.webhooks.transport``:
+    no private, loopback outside local development, link-local or metadata address, however resolved); no
+    proxy or CA variables of the environment."""
     with _session_lock:
-        if not _sessions:
-            import requests
-            from requests.adapters import HTTPAdapter
+        if loopback not in _sessions:
+            from shared.webhooks.transport import AddressPolicy, guarded_session
 
-            session = requests.Session()
-            session.trust_env = False  # no proxy or CA variables of the environment
-            adapter = HTTPAdapter(pool_maxsize=MAX_WORKERS)
-            session.mount("https://", adapter)
-            session.mount("http://", adapter)
-            _sessions.append(session)
-        return _sessions[0]
+            _sessions[loopback] = guarded_session(AddressPolicy(loopback=loopback), pool_maxsize=MAX_WORKERS)
+        return _sessions[loopback]
 
 
 def _reason(exc: BaseException) -> str:

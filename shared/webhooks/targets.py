@@ -44,7 +44,7 @@ def settings_targets(settings: Settings) -> list[Target]:
     found = []
     for url in settings.webhook_url_list:
         try:
-            check_webhook_url(url)
+            check_webhook_url(url, local=not settings.in_azure)
         except ValueError as exc:
             log.error("MC_WEBHOOK_URLS: a URL is ignored: %s", exc)
             continue

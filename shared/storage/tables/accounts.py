@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 from pydantic import computed_field
 
-from shared.schemas import AccountState
+from shared.schemas import AccessCheck, AccountState
 from shared.storage.errors import Conflict, NotFound, storage_errors
 from shared.storage.tables.client import table
 from shared.storage.tables.records import (
@@ -48,9 +48,23 @@ class Account(Record):
     errorCode: str | None = None
     errorDescription: str | None = None
     errorAt: datetime | None = None
+    # Trust (shared/signin/flow.py, "Who a mailbox belongs to"): whether the signer was proven to open the
+    # mailbox (None: a row written before the field, see ``access_status``) and when that was last decided,
+    # and the address pinned by a sign-in's expectedEmail (every later sign-in for the account must prove it).
+    accessCheck: AccessCheck | None = None
+    accessCheckedAt: datetime | None = None
+    pinnedEmail: str | None = None
     meta: dict[str, Any] = {}
     created: datetime
     updated: datetime
+
+    @property
+    def access_status(self) -> AccessCheck:
+        """``accessCheck``, or for an older row its ``meta.accessCheck`` (ok, skipped, off) translated."""
+        if self.accessCheck is not None:
+            return self.accessCheck
+        old = self.meta.get("accessCheck")
+        return "ok" if old == "ok" else "off" if old == "off" else "pending"
 
     @computed_field  # type: ignore[prop-decorator]  # stored with the row: the e-mail filter is an OData ``eq``
     @property

@@ -1,12 +1,17 @@
-"""API tokens: only SHA-256 hashes are stored; the row key is the hash, so a lookup is one point read."""
+"""API tokens: only SHA-256 hashes are stored; the row key is the hash, so a lookup is one point read.
+
+A token may be restricted to OAuth apps and/or account ids (``apps``, ``accounts``: JSON lists on the row,
+absent = no restriction); restrictions exist only on ``api``-scope tokens. What they allow is decided in
+``shared.core.access``."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
 import secrets
+from collections.abc import Sequence
 from datetime import datetime
-from typing import get_args
+from typing import ClassVar, get_args
 
 from shared.schemas import TokenScope
 from shared.storage.errors import storage_errors
@@ -21,29 +26,46 @@ SCOPES: tuple[TokenScope, ...] = get_args(TokenScope)
 
 
 class ApiToken(Record):
+    JSON_FIELDS: ClassVar[tuple[str, ...]] = ("apps", "accounts")
     id: str
     name: str
     scopes: str  # comma-separated
     tokenHash: str
     created: datetime
+    apps: list[str] | None = None  # None: every OAuth app
+    accounts: list[str] | None = None  # None: every account
 
     @property
     def scope_set(self) -> frozenset[str]:
         return frozenset(s for s in self.scopes.split(",") if s)
+
+    @property
+    def restricted(self) -> bool:
+        return self.apps is not None or self.accounts is not None
 
 
 def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
-def create_token(name: str, scopes: tuple[str, ...] = ("api",)) -> tuple[str, ApiToken]:
-    """A random 32-byte token, returned once; the caller must show it and forget it."""
+def create_token(name: str, scopes: tuple[str, ...] = ("api",), *, apps: Sequence[str] | None = None,
+                 accounts: Sequence[str] | None = None) -> tuple[str, ApiToken]:
+    """A random 32-byte token, returned once; the caller must show it and forget it.
+
+    ``apps``/``accounts`` restrict it (``None``: no restriction; an empty list is refused, it would allow
+    nothing); a restricted token has exactly the ``api`` scope."""
     unknown = set(scopes) - set(SCOPES)
     if unknown or not scopes:
         raise ValueError(f"scopes must be among {', '.join(SCOPES)}")
+    if (apps is not None and not apps) or (accounts is not None and not accounts):
+        raise ValueError("a restriction lists at least one app or account (leave it out for none)")
+    if (apps is not None or accounts is not None) and set(scopes) != {"api"}:
+        raise ValueError("a token restricted to apps or accounts has only the api scope")
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
     record = ApiToken(id=secrets.token_hex(8), name=name, scopes=",".join(sorted(set(scopes))),
-                      tokenHash=hash_token(token), created=utcnow())
+                      tokenHash=hash_token(token), created=utcnow(),
+                      apps=None if apps is None else list(dict.fromkeys(apps)),
+                      accounts=None if accounts is None else list(dict.fromkeys(accounts)))
     with storage_errors():
         table(TABLE).create_entity(record.to_entity(PARTITION, record.tokenHash))
     return token, record

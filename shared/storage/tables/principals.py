@@ -91,6 +91,13 @@ def remove_account(credential_id: str, account_id: str) -> None:
         table(TABLE).delete_entity(credential_id, ACCOUNT_PREFIX + account_id)
 
 
+def index_rows(credential_id: str) -> list[IndexRow]:
+    """The credential's (credential, account) index rows, with the mailbox each was written with."""
+    where = "PartitionKey eq @pk and RowKey ge @lo and RowKey lt @hi"
+    params = {"pk": credential_id, "lo": ACCOUNT_PREFIX, "hi": ACCOUNT_PREFIX[:-1] + chr(ord(ACCOUNT_PREFIX[-1]) + 1)}
+    return [IndexRow.from_entity(row) for row in query(table(TABLE), where, parameters=params)]
+
+
 def account_ids(credential_id: str) -> list[str]:
     where = "PartitionKey eq @pk and RowKey ge @lo and RowKey lt @hi"
     params = {"pk": credential_id, "lo": ACCOUNT_PREFIX, "hi": ACCOUNT_PREFIX[:-1] + chr(ord(ACCOUNT_PREFIX[-1]) + 1)}
@@ -124,3 +131,14 @@ def mark_keep_alive_failed(credential: Credential, at: datetime) -> bool:
     next try. False when a sign-in rewrote the row meanwhile."""
     entity = {"PartitionKey": credential.credentialId, "RowKey": CREDENTIAL_ROW, "keepAliveAt": at}
     return update_if_unchanged(table(TABLE), entity, credential.etag, merge=True) is not None
+
+
+# --- the sweeper (shared.core.sweeper) -----------------------------------------------------------------------
+
+def credentials_after(start: str, written_before: datetime) -> Iterator[Credential]:
+    """Credential rows with an id after ``start`` whose refresh token was written before ``written_before``, in
+    id order (a filtered scan the sweeper takes a bounded number of per run, resuming where it stopped)."""
+    rows = query(table(TABLE), "PartitionKey gt @start and RowKey eq @row and tokenWrittenAt lt @before",
+                 parameters={"start": start, "row": CREDENTIAL_ROW, "before": written_before})
+    for entity in rows:
+        yield Credential.from_entity(entity)

@@ -17,13 +17,14 @@ def accounts_list(req: func.HttpRequest) -> func.HttpResponse:
     from shared.admin import accounts as service
     from shared.schemas import AccountListQuery
     from shared.settings import get_settings
+    from shared.web.auth import caller_of
     from shared.web.http import json_response, validate
 
     # The Functions host joins a repeated name with "," and drops empty values; both then fail validation
     # (or fall back to the default) rather than being half-understood.
     params = {k: v for k, v in req.params.items() if k.lower() not in _IGNORED_QUERY}
     query = validate(AccountListQuery, params)
-    result = service.list_accounts(query, get_settings())
+    result = service.list_accounts(query, get_settings(), caller=caller_of(req))
     body = result.model_dump(mode="json", exclude_none=True)
     body["nextCursor"] = result.nextCursor  # explicit null on the last page
     return json_response(body)
@@ -33,9 +34,10 @@ def accounts_list(req: func.HttpRequest) -> func.HttpResponse:
 @api("api")
 def accounts_get(req: func.HttpRequest) -> func.HttpResponse:
     from shared.admin import accounts as service
+    from shared.web.auth import caller_of
     from shared.web.http import json_response
 
-    return json_response(service.get_account(req.route_params.get("account")))
+    return json_response(service.get_account(req.route_params.get("account"), caller=caller_of(req)))
 
 
 @bp.route(route="v1/account/{account}", methods=["PUT"], auth_level=func.AuthLevel.ANONYMOUS)
@@ -44,11 +46,12 @@ def accounts_update(req: func.HttpRequest) -> func.HttpResponse:
     from shared.admin import accounts as service
     from shared.checks import account_id_param
     from shared.schemas import AccountUpdate
+    from shared.web.auth import caller_of
     from shared.web.http import json_response, parse_json
 
     account_id = account_id_param(req.route_params.get("account"))
     body = parse_json(req, AccountUpdate)
-    return json_response(service.update_account(account_id, body))
+    return json_response(service.update_account(account_id, body, caller=caller_of(req)))
 
 
 @bp.route(route="v1/account/{account}", methods=["DELETE"], auth_level=func.AuthLevel.ANONYMOUS)
@@ -56,9 +59,11 @@ def accounts_update(req: func.HttpRequest) -> func.HttpResponse:
 def accounts_delete(req: func.HttpRequest) -> func.HttpResponse:
     from shared.admin import accounts as service
     from shared.settings import get_settings
+    from shared.web.auth import caller_of
     from shared.web.http import json_response
 
-    return json_response(service.delete_account(req.route_params.get("account"), get_settings()))
+    return json_response(service.delete_account(req.route_params.get("account"), get_settings(),
+                                                caller=caller_of(req)))
 
 
 @bp.route(route="v1/account/{account}/reauth", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
@@ -68,8 +73,9 @@ def accounts_reauth(req: func.HttpRequest) -> func.HttpResponse:
     from shared.checks import account_id_param
     from shared.schemas import ReauthRequest
     from shared.settings import get_settings
+    from shared.web.auth import caller_of
     from shared.web.http import json_response, parse_json
 
     account_id = account_id_param(req.route_params.get("account"))
     body = parse_json(req, ReauthRequest)
-    return json_response(service.reauth_link(account_id, body, get_settings()))
+    return json_response(service.reauth_link(account_id, body, get_settings(), caller=caller_of(req)))

@@ -1,5 +1,6 @@
 """Timer functions: webhook delivery and its sweeper (``shared.webhooks.dispatcher``), the credential keep-alive
-(``shared.handoff.keepalive``). Schedules are NCRONTAB (seconds first), in UTC.
+(``shared.handoff.keepalive``), the storage sweeper (``shared.core.sweeper``: expired flows and used links, dead
+link claims, credentials no account uses). Schedules are NCRONTAB (seconds first), in UTC.
 
 A run that fails is logged by the host and simply retried at the next tick: every step is idempotent.
 """
@@ -14,6 +15,7 @@ log = logging.getLogger("mailbox_connect.lifecycle")
 DELIVERY_SCHEDULE = "*/10 * * * * *"  # every 10 seconds: the latency of a webhook
 SWEEPER_SCHEDULE = "30 */10 * * * *"  # every 10 minutes: events whose fast-path index write was lost
 KEEPALIVE_SCHEDULE = "0 17 * * * *"  # hourly, at minute 17
+STORAGE_SWEEPER_SCHEDULE = "45 5-59/10 * * * *"  # every 10 minutes (minute 5, 15, ...), off the others' ticks
 
 
 @bp.timer_trigger(schedule=DELIVERY_SCHEDULE, arg_name="timer", run_on_startup=False, use_monitor=False)
@@ -39,6 +41,14 @@ def credential_keepalive(timer: func.TimerRequest) -> None:
     from shared.handoff.keepalive import run_keepalive
     from shared.settings import get_settings
 
-    settings = get_settings()
-    if settings.keepalive_max_per_run > 0:
-        run_keepalive(settings)
+    # MC_KEEPALIVE_MAX_PER_RUN=0 turns off the refreshes; the mailbox access re-check still runs (unless
+    # MC_ACCESS_CHECK=off), see shared.handoff.keepalive.
+    run_keepalive(get_settings())
+
+
+@bp.timer_trigger(schedule=STORAGE_SWEEPER_SCHEDULE, arg_name="timer", run_on_startup=False, use_monitor=True)
+def storage_sweeper(timer: func.TimerRequest) -> None:
+    from shared.core.sweeper import run_sweeper
+    from shared.settings import get_settings
+
+    run_sweeper(get_settings())

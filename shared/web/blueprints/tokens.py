@@ -13,8 +13,9 @@ def account_oauth_token(req: func.HttpRequest) -> func.HttpResponse:
     from shared.checks import account_id_param
     from shared.handoff.tokens import hand_off
     from shared.settings import get_settings
+    from shared.web.auth import caller_of
     from shared.web.http import json_response
 
     account_id = account_id_param(req.route_params.get("account"))
-    result = hand_off(account_id, get_settings())
+    result = hand_off(account_id, get_settings(), caller=caller_of(req))
     return json_response(result.model_dump(mode="json", by_alias=True, exclude_none=True))
