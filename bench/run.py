@@ -17,7 +17,14 @@ and Microsoft (HTTP) calls and IMAP logins it causes, counted in the service pro
 * callback: ``GET /oauth`` back from Microsoft (code redemption, access check, secret, index, account...);
   every callback connects another shared mailbox of the same signer;
 * warm token: ``GET /v1/account/{id}/oauth-token`` with the access token cached in the instance;
-* cold token: the same after the instance's access-token cache was emptied (a refresh with Microsoft).
+* cold token: the same after the instance's access-token cache was emptied (a refresh with Microsoft);
+* account list: ``GET /v1/accounts`` (the first page).
+
+API tokens and OAuth apps come from the instance's cache (``MC_AUTH_CACHE_SECONDS``, default 5 s), warmed
+before the measured requests; a call count such as 0.01 is the cache's refresh spread over the requests.
+
+Log lines per request as deployed (``bench.logs``: the worker's logging set-up and host.json's filter) are
+measured last, in their own service process.
 
 Cold start: the time to import ``function_app`` (what the Functions worker does when an instance starts)
 against importing ``azure.functions`` alone, each in a fresh interpreter, repeated, medians; plus the
@@ -108,7 +115,7 @@ def _imap_without_nagle() -> None:
     fake_imap._Handler.handle = handle_without_nagle
 
 
-def start_stack() -> Stack:
+def start_stack(auth_cache_seconds: float | None = None) -> Stack:
     import shared.settings
 
     shared.settings.LOCAL_SETTINGS_FILE = ROOT / "bench" / "no-local-settings.json"  # environment only
@@ -135,6 +142,8 @@ def start_stack() -> Stack:
         "MC_CA_BUNDLE": identity.ca_bundle,
         "MC_IMAP_HOST": imap.address,
     }
+    if auth_cache_seconds is not None:  # default: the service's own (MC_AUTH_CACHE_SECONDS, 5 s)
+        env["MC_AUTH_CACHE_SECONDS"] = str(auth_cache_seconds)
     for name in [n for n in os.environ if n.startswith("MC_")]:
         del os.environ[name]
     os.environ.update(env)
@@ -291,6 +300,11 @@ class Bench:
             (answer.status_code, location, answer.text[:300])
         return parse_qs(urlsplit(location).query)["account"][0]
 
+    def accounts(self, i: int = 0, session=None) -> None:
+        answer = (session or self.http).get(self.stack.url + "/v1/accounts", timeout=30,
+                                            headers={"Authorization": f"Bearer {self.stack.token}"})
+        assert answer.status_code == 200, answer.text
+
     def hand_off(self, account: str, session=None) -> None:
         answer = (session or self.http).get(f"{self.stack.url}/v1/account/{account}/oauth-token", timeout=30,
                                             headers={"Authorization": f"Bearer {self.stack.token}"})
@@ -305,6 +319,7 @@ def run_operations(bench: Bench, n: int) -> list[Result]:
     warm_account = bench.callback(bench.authorize(bench.start(warm_link)))
     bench.hand_off(warm_account)
 
+    bench.accounts()
     results = [bench.counted("form creation", lambda i: i, bench.form, n)]
     links = [bench.form(i) for i in range(n)]
     results.append(bench.counted("hosted redirect", lambda i: links[i], bench.start, n))
@@ -326,6 +341,7 @@ def run_operations(bench: Bench, n: int) -> list[Result]:
                                  per_item=True))
     bench.hand_off(accounts[0])  # the sign-in does not fill the access-token cache: the first hand-off does
     results.append(bench.counted("warm token", lambda i: accounts[0], bench.hand_off, n))
+    results.append(bench.counted("account list", lambda i: i, bench.accounts, n))
     results.append(bench.counted("cold token", lambda i: accounts[i % len(accounts)], bench.hand_off, callbacks,
                                  between=lambda: bench.control("/forget-tokens")))
     # One worker under load: 4 clients at once (a session each), the cheap operations.
@@ -338,6 +354,7 @@ def run_operations(bench: Bench, n: int) -> list[Result]:
 
     results.append(bench.concurrent("form creation", lambda i: bench.form(i, session()), list(range(n)), 4))
     results.append(bench.concurrent("warm token", lambda a: bench.hand_off(a, session()), [accounts[0]] * n, 4))
+    results.append(bench.concurrent("account list", lambda i: bench.accounts(i, session()), list(range(n)), 4))
     return results
 
 
@@ -450,6 +467,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeat", type=int, default=9, help="fresh interpreters per import measurement")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 20 samples, 3 imports")
     parser.add_argument("--json", help="also write the raw results here")
+    parser.add_argument("--auth-cache-seconds", type=float, default=None,
+                        help="MC_AUTH_CACHE_SECONDS of the service (0: API tokens and apps read on every request)")
+    parser.add_argument("--no-logs", action="store_true", help="skip the log lines per request")
     args = parser.parse_args(argv)
     if args.quick:
         args.samples, args.repeat = 20, 3
@@ -460,18 +480,25 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING)
     info = machine()
     cold = cold_start(args.repeat)  # first, while the machine is quiet
-    stack = start_stack()
+    stack = start_stack(args.auth_cache_seconds)
     try:
         results = run_operations(Bench(stack), args.samples)
     finally:
         stack.stop()
+    from bench.logs import measure as measure_logs
+    from bench.logs import report as log_report
+
+    log_counts = [] if args.no_logs else measure_logs(min(args.samples, 50))
     text = report(results, cold, info, args.samples)
+    if log_counts:
+        text += "\n\nLog lines per request as deployed (bench.logs):\n" + log_report(log_counts)
     print(text)
     if args.json:
         Path(args.json).write_text(json.dumps({
             "machine": info, "cold_start": cold,
             "operations": [{"name": r.name, "clients": r.clients, "median_ms": r.median_ms, "p99_ms": r.p99_ms,
-                            "rps": r.rps, "calls": r.calls} for r in results]}, indent=2))
+                            "rps": r.rps, "calls": r.calls} for r in results],
+            "log_lines": [vars(c) for c in log_counts]}, indent=2))
 
 
 if __name__ == "__main__":

@@ -35,13 +35,17 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+from collections.abc import Mapping
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import unquote_plus, urlencode, urlsplit
 
 from shared.errors import InvalidInput
 
 MAX_URL_LENGTH = 2048
-MAX_ACCOUNT_ID_LENGTH = 200
+# EmailEngine's limit (Joi ``string().max(256)``), counted as it counts: UTF-16 code units (JavaScript's
+# ``length``). An id is a Table Storage key (at most 1 KiB, stored as UTF-16): 256 units are 512 bytes, which
+# leaves room for the prefix of the principal index's row key (``account:``).
+MAX_ACCOUNT_ID_LENGTH = 256
 
 # Table Storage forbids / \ # ? and control characters in keys; account ids become keys.
 _FORBIDDEN_KEY_CHARS = re.compile(r"[/\\#?\x00-\x1f\x7f-\x9f]")
@@ -97,9 +101,15 @@ def ill_formed_text(data: Any) -> tuple[str, str] | None:
 
 # --- account ids and e-mail ---------------------------------------------------------------------------------
 
+def utf16_length(value: str) -> int:
+    """The length JavaScript (and so EmailEngine's limits) gives ``value``: UTF-16 code units."""
+    return len(value) + sum(1 for c in value if ord(c) > 0xFFFF)
+
+
 def check_account_id(value: str) -> str:
-    """An account id usable as a Table Storage key (and in a URL path), unchanged."""
-    if not 1 <= len(value) <= MAX_ACCOUNT_ID_LENGTH:
+    """An account id usable as a Table Storage key (and in a URL path), unchanged. At most
+    ``MAX_ACCOUNT_ID_LENGTH`` UTF-16 code units (a character outside the Basic Multilingual Plane counts 2)."""
+    if not value or utf16_length(value) > MAX_ACCOUNT_ID_LENGTH:
         raise ValueError(f"account id must be 1 to {MAX_ACCOUNT_ID_LENGTH} characters")
     if _FORBIDDEN_KEY_CHARS.search(value):
         raise ValueError("account id must not contain / \\ # ? or control characters")
@@ -331,9 +341,17 @@ def check_webhook_url(url: str, *, local: bool | None = None) -> str:
     return check_url(url, fragment=False, private=True, loopback=running_locally() if local is None else local)
 
 
-def with_query(url: str, params: dict[str, str]) -> str:
-    """``url`` with ``params`` added to its query (replacing same-named ones), fragment dropped."""
-    parts = urlsplit(url)
-    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k not in params]
-    query.extend((k, v) for k, v in params.items() if v is not None)
-    return urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(query), ""))
+def with_query(url: str, params: Mapping[str, str | None]) -> str:
+    """``url`` with ``params`` added to its query, replacing same-named ones; everything else of the URL is
+    kept byte for byte: its other query parameters, in their order and spelling, and its ``#fragment`` (an
+    app's client-side route), as EmailEngine keeps them. ``None`` values are left out."""
+    base, hash_mark, fragment = url.partition("#")
+    base, _, query = base.partition("?")
+    kept = [piece for piece in query.split("&") if piece and _param_name(piece) not in params]
+    kept.extend(urlencode({k: v}) for k, v in params.items() if v is not None)
+    return base + ("?" + "&".join(kept) if kept else "") + hash_mark + fragment
+
+
+def _param_name(piece: str) -> str:
+    """The decoded name of one ``name=value`` piece of a query, as a server reading it would see it."""
+    return unquote_plus(piece.partition("=")[0])

@@ -1,14 +1,21 @@
-"""Errors that cross the HTTP edge, each with the status and the machine-readable code it answers with."""
+"""Errors that cross the HTTP edge, each with the status and the machine-readable code it answers with.
+
+The body is EmailEngine's error envelope (``../shared/emailengine-api.md``, "Errors"): ``statusCode``,
+``error`` (the HTTP reason phrase), ``message``, the machine code in ``code``, and on a 400 ``fields`` with
+every invalid field (``[{"message", "key"}]``); ``field`` (the first invalid one) is this service's own.
+"""
 
 from __future__ import annotations
 
 import math
+from http import HTTPStatus
+from typing import Any
 
 DEFAULT_RETRY_AFTER = 5  # seconds, when the failed dependency did not say
 
 
 class ApiError(Exception):
-    """A client-visible failure of the JSON API: ``{"error": code, "message": ..., "field"?: ...}``."""
+    """A client-visible failure of the JSON API, answered in the envelope of the module docstring."""
 
     def __init__(
         self,
@@ -17,6 +24,7 @@ class ApiError(Exception):
         message: str,
         *,
         field: str | None = None,
+        fields: list[dict[str, str]] | None = None,
         headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
@@ -24,22 +32,39 @@ class ApiError(Exception):
         self.code = code
         self.message = message
         self.field = field
+        self.fields = fields if fields is not None else ([{"message": message, "key": field}] if field else None)
         self.headers = dict(headers or {})
         if status == 503:  # every 503 says when to come back; Busy sets it, this is the safety net
             self.headers.setdefault("Retry-After", str(DEFAULT_RETRY_AFTER))
 
-    def body(self) -> dict[str, str]:
-        body = {"error": self.code, "message": self.message}
+    def body(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"statusCode": self.status, "error": reason_phrase(self.status),
+                                "message": self.message, "code": self.code}
         if self.field:
             body["field"] = self.field
+        if self.fields:
+            body["fields"] = self.fields
         return body
+
+
+# EmailEngine (Node, Boom) spells a few phrases unlike Python's http module; the rest agree.
+_NODE_PHRASES = {413: "Payload Too Large", 422: "Unprocessable Entity"}
+
+
+def reason_phrase(status: int) -> str:
+    """The ``error`` of the envelope: the reason phrase as EmailEngine's clients see it."""
+    try:
+        return _NODE_PHRASES.get(status) or HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
 
 
 class InvalidInput(ApiError):
     """400: the request broke a rule; ``field`` names the offending field when there is one."""
 
-    def __init__(self, message: str, *, field: str | None = None, code: str = "invalid_input") -> None:
-        super().__init__(400, code, message, field=field)
+    def __init__(self, message: str, *, field: str | None = None, code: str = "invalid_input",
+                 fields: list[dict[str, str]] | None = None) -> None:
+        super().__init__(400, code, message, field=field, fields=fields)
 
 
 class Unauthorized(ApiError):
@@ -54,6 +79,14 @@ class Forbidden(ApiError):
 
     def __init__(self, message: str) -> None:
         super().__init__(403, "forbidden", message)
+
+
+class TokenRenewalFailed(ApiError):
+    """403 ``OauthRenewError`` (EmailEngine's status and code): an account's access token could not be renewed;
+    ``shared.handoff.tokens`` adds the details. Not ``Forbidden``: that one is about the API token."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(403, "OauthRenewError", message)
 
 
 class NotFound(ApiError):

@@ -15,7 +15,15 @@ import re
 from datetime import datetime
 from typing import Annotated, Any, Final, Literal, get_args
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from shared.checks import check_account_id, check_email, check_webhook_url, ill_formed_text
@@ -34,7 +42,7 @@ Provider = Literal["outlook"]  # only Microsoft 365 / Outlook
 MaskedSecret = Literal["******"]
 
 MASKED_SECRET: Final[MaskedSecret] = "******"
-MAX_PAGE_SIZE = 250
+MAX_PAGE_SIZE = 1000  # EmailEngine's bound of pageSize
 DEFAULT_PAGE_SIZE = 20
 
 _GUID = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
@@ -73,23 +81,107 @@ class _WellFormedText(BaseModel):
 
 # --- the form (EmailEngine's hosted authentication) and the signed link --------------------------------
 
+_JS_TRIM = re.compile(r"^[\s\ufeff]+|[\s\ufeff]+$")  # what JavaScript's trim() (EmailEngine's Joi) removes
+SubconnectionPath = Annotated[str, Field(min_length=1, max_length=256)]
+FolderPath = Annotated[str, Field(min_length=1, max_length=1024)]
+
+
+def _one_or_many(item: dict[str, Any], max_items: int | None = None) -> dict[str, Any]:
+    """The JSON schema of EmailEngine's ``Joi.array().items(...).single()``: one string or an array of them."""
+    array: dict[str, Any] = {"type": "array", "items": {"type": "string", **item}}
+    if max_items is not None:
+        array["maxItems"] = max_items
+    return {"anyOf": [{"type": "string", **item}, array, {"type": "null"}]}
+
+
+def iso_date(value: str) -> str:
+    """An ISO 8601 date (``2024-01-31``) or date-time (``2024-01-31T08:00:00Z``, with or without seconds,
+    fraction or offset), unchanged; a ``ValueError`` otherwise. EmailEngine's ``Joi.date().iso()``."""
+    try:
+        datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError("must be an ISO 8601 date (2024-01-31) or date-time (2024-01-31T08:00:00Z)") from None
+    return value
+
+
 class FormRequest(_WellFormedText):
-    """EmailEngine's ``POST /v1/authentication/form`` body, plus ``expiresIn`` (seconds, capped)."""
+    """EmailEngine's ``POST /v1/authentication/form`` body, plus ``expiresIn`` (seconds, capped).
+
+    Read as EmailEngine reads it (its Joi schema): an empty string is the same as leaving the field out for
+    ``account`` (blank too, after trimming), ``name``, ``email``, ``expectedEmail``, ``delegated``, ``type``,
+    ``syncFrom``, ``notifyFrom`` and ``path``; ``account`` is trimmed, then the account-id rules apply;
+    ``type: false`` is no preselection; ``subconnections`` and ``path`` take one string as a one-element array
+    (and a ``path`` naming ``*``, all folders, is EmailEngine's default: not kept); ``syncFrom``/``notifyFrom``
+    must be ISO 8601 dates or date-times (kept as sent).
+    """
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
 
-    account: AccountId | None = Field(None, description="Account id; omitted or null: derived from the mailbox")
+    account: AccountId | None = Field(None, description="Account id (trimmed; at most 256 UTF-16 code units, "
+                                                        "no / \\ # ? or control characters); omitted, null or "
+                                                        "empty: derived from the mailbox")
     name: str | None = Field(None, max_length=256)
     email: str | None = Field(None, description="Mailbox address; required for a delegated (shared) mailbox")
     delegated: bool = Field(False, description="The mailbox is a shared mailbox opened by the signer")
     redirectUrl: str = Field(..., max_length=2048)
-    type: str | None = Field(None, max_length=64, description="OAuth app id; optional with one enabled app")
+    type: str | None = Field(
+        None, max_length=64,
+        description="OAuth app id. `false`, null or left out: no preselection (the only enabled app, or a page "
+                    "where the person picks one of the enabled apps when there are several)",
+        json_schema_extra={"anyOf": [{"type": "string", "maxLength": 64}, {"const": False}, {"type": "null"}]})
     expectedEmail: str | None = None
-    syncFrom: str | None = Field(None, max_length=64)
-    notifyFrom: str | None = Field(None, max_length=64)
-    subconnections: list[str] | None = Field(None, max_length=50)
-    path: str | list[str] | None = None
+    syncFrom: str | None = Field(None, max_length=64, description="ISO 8601 date or date-time")
+    notifyFrom: str | None = Field(None, max_length=64, description="ISO 8601 date or date-time")
+    subconnections: list[SubconnectionPath] | None = Field(
+        None, max_length=50, description="Folder paths; one string is a one-element array",
+        json_schema_extra=_one_or_many({"minLength": 1, "maxLength": 256}, 50))
+    path: list[FolderPath] | None = Field(
+        None, description="Folder paths to watch; one string is a one-element array; `*` (all folders, the "
+                          "default) is not kept", json_schema_extra=_one_or_many({"minLength": 1, "maxLength": 1024}))
     expiresIn: int | None = Field(None, gt=0, description="Link lifetime in seconds (capped by the service)")
+
+    @field_validator("account", mode="before")
+    @classmethod
+    def _trimmed_account(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return _JS_TRIM.sub("", value) or None
+        return value
+
+    @field_validator("email", "expectedEmail", mode="before")
+    @classmethod
+    def _blank_email(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("name", "delegated", "syncFrom", "notifyFrom", "path", mode="before")
+    @classmethod
+    def _empty_is_absent(cls, value: Any, info: ValidationInfo) -> Any:
+        if value == "":
+            return False if info.field_name == "delegated" else None
+        return value
+
+    @field_validator("type", mode="before")
+    @classmethod
+    def _no_preselection(cls, value: Any) -> Any:
+        if value is False or value == "":
+            return None
+        if isinstance(value, bool):
+            raise ValueError("must be an OAuth app id, or false for no preselection")
+        return value
+
+    @field_validator("subconnections", "path", mode="before")
+    @classmethod
+    def _one_string_is_an_array(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("path")
+    @classmethod
+    def _all_folders(cls, value: list[str] | None) -> list[str] | None:
+        return None if value is not None and "*" in value else value
+
+    @field_validator("syncFrom", "notifyFrom")
+    @classmethod
+    def _iso_date(cls, value: str | None) -> str | None:
+        return None if value is None else iso_date(value)
 
     @field_validator("email", "expectedEmail")
     @classmethod
@@ -121,7 +213,8 @@ class LinkData(_WellFormedText):
     email: str | None = None
     delegated: bool = False
     redirectUrl: str
-    type: str
+    type: str | None = None  # the OAuth app; None: the person picks one at /accounts/new (shared.signin.flow)
+    apps: list[str] | None = None  # with type None: the apps the pick is limited to (a restricted API token's)
     expectedEmail: str | None = None
     meta: dict[str, Any] = Field(default_factory=dict)  # syncFrom, notifyFrom, subconnections, path
     loginHint: str | None = None  # set only by re-authentication links; never a shared mailbox
@@ -131,10 +224,20 @@ class LinkData(_WellFormedText):
     exp: int
 
 
-class ErrorBody(BaseModel):
-    error: str
+class FieldError(BaseModel):
     message: str
+    key: str = Field(..., description="The invalid field (dotted path for nested ones)")
+
+
+class ErrorBody(BaseModel):
+    """EmailEngine's error envelope, plus ``field`` (the first invalid field)."""
+
+    statusCode: int
+    error: str = Field(..., description="The HTTP reason phrase of statusCode")
+    message: str
+    code: str = Field(..., description="Machine-readable: unknown_field, not_found, OauthRenewError, ...")
     field: str | None = None
+    fields: list[FieldError] | None = Field(None, description="On 400: every invalid field")
 
 
 # --- the management API ------------------------------------------------------------------------------
@@ -324,18 +427,39 @@ class OAuthAppDeleted(_Model):
 
 # --- accounts -----------------------------------------------------------------------------------------
 
-class AccountListQuery(_Request):
-    """Query parameters of ``GET /v1/accounts``."""
+# Every state EmailEngine's listing filter accepts. This service's accounts are only ever ``connected`` or
+# ``authenticationError`` (``AccountState``); a filter on another of EmailEngine's states lists nothing.
+AccountStateFilter = Literal["init", "unset", "connected", "connecting", "syncing", "authenticationError",
+                             "connectError", "disconnected", "paused"]
+AccountType = Literal["outlook", "delegated"]  # EmailEngine's account types that this service produces
+MAX_LIST_PAGE = 1024 * 1024  # EmailEngine's own bound of `page`; the scan bound is shared.admin.accounts.MAX_SCAN
 
+
+class AccountListQuery(_Request):
+    """Query parameters of ``GET /v1/accounts``: EmailEngine's (``page``, ``pageSize``, ``state``, ``query``) and
+    this service's (``cursor``, ``email``). Without ``cursor`` the answer is a page (``page``, default 0) with
+    ``total`` and ``pages``; with ``cursor`` it continues a listing from ``nextCursor`` (no count)."""
+
+    page: int | None = Field(None, ge=0, le=MAX_LIST_PAGE,
+                             description="0-based page number (EmailEngine's paging); not with `cursor`")
     pageSize: int = Field(DEFAULT_PAGE_SIZE, ge=1, le=MAX_PAGE_SIZE)
-    cursor: str | None = Field(None, max_length=4096, description="`nextCursor` of the previous page")
-    state: AccountState | None = None
+    cursor: str | None = Field(None, max_length=4096, description="`nextCursor` of the previous answer")
+    state: AccountStateFilter | None = Field(None, description="Only accounts in this state")
+    query: str | None = Field(None, min_length=1, max_length=256,
+                              description="Only accounts whose id, name or mailbox address contains this text "
+                                          "(case-insensitive)")
     email: str | None = Field(None, description="The mailbox address (exact, case-insensitive)")
 
     @field_validator("email")
     @classmethod
     def _email(cls, value: str | None) -> str | None:
         return None if value is None else check_email(value)
+
+    @model_validator(mode="after")
+    def _one_way_of_paging(self) -> AccountListQuery:
+        if self.page is not None and self.cursor is not None:
+            raise ValueError("page: give either page (a numbered page) or cursor (continue a listing), not both")
+        return self
 
 
 class SignerInfo(_Model):  # who signed in for the account (``shared.signing.Signer`` is the HMAC signer)
@@ -345,20 +469,43 @@ class SignerInfo(_Model):  # who signed in for the account (``shared.signing.Sig
 
 
 class AccountError(_Model):
-    code: str
-    description: str | None = None
+    """EmailEngine's ``lastError`` (``response``, ``description``, ``serverResponseCode``) and this service's
+    ``code`` (Microsoft's OAuth error, e.g. ``invalid_grant``) and ``at``."""
+
+    response: str = Field(..., description="What failed, in words")
+    description: str | None = Field(None, description="Microsoft's description of the error")
+    serverResponseCode: str = Field(..., description="`OauthRenewError`: the stored sign-in no longer renews")
+    code: str = Field(..., description="Microsoft's OAuth error (invalid_grant, interaction_required, ...) or "
+                                       "credential_missing")
     at: datetime | None = None
+
+
+class AccountAuth(_Model):
+    user: str = Field(..., description="The authenticating principal: the signer's UPN (for a shared mailbox, "
+                                       "the delegate)")
+    delegatedUser: str | None = Field(None, description="The shared mailbox, for a delegated account")
+    delegatedAccount: str | None = Field(
+        None, description="The account whose sign-in this one was created with (`POST /v1/account`)")
+
+
+class AccountOAuth2(_Model):
+    provider: str = Field(..., description="The OAuth app id")
+    auth: AccountAuth
 
 
 class AccountInfo(_Model):
     account: str
+    type: AccountType = Field(..., description="`outlook`; `delegated` for an account created with "
+                                               "`POST /v1/account` and `oauth2.auth.delegatedAccount` without "
+                                               "`oauth2.provider` (as EmailEngine types such accounts)")
     name: str | None = None
     email: str = Field(..., description="The mailbox: the signer's own or a shared mailbox")
     delegated: bool = Field(..., description="A shared mailbox opened with the signer's credential")
     signer: SignerInfo
-    app: str = Field(..., description="The OAuth app id (`type`)")
+    app: str = Field(..., description="The OAuth app id (`type` of the form)")
     state: AccountState
-    lastError: AccountError | None = Field(None, description="Present when state is authenticationError")
+    lastError: AccountError | None = Field(None, description="Set when state is authenticationError, else null")
+    oauth2: AccountOAuth2
     accessCheck: AccessCheck = Field(
         ..., description="`ok`: the signer was proven to open the mailbox; `pending`: the check could not run at "
                          "sign-in and is still to be made (the account works, but cannot move to another signer); "
@@ -370,22 +517,161 @@ class AccountInfo(_Model):
     notifyFrom: str | None = None
     subconnections: list[str] | None = None
     path: str | list[str] | None = None
+    locale: str | None = None
+    tz: str | None = None
     created: datetime
     updated: datetime
 
 
 class AccountList(_Model):
+    total: int | None = Field(None, description="How many accounts match (numbered pages only)")
+    page: int | None = Field(None, description="This page's number, 0-based (numbered pages only)")
+    pages: int | None = Field(None, description="How many pages of `pageSize` there are (numbered pages only)")
     accounts: list[AccountInfo]
-    nextCursor: str | None = Field(..., description="Pass as `cursor` for the next page; null on the last")
+    nextCursor: str | None = Field(..., description="Pass as `cursor` for the next accounts; null at the end")
 
 
-class AccountUpdate(_Request):
-    name: str | None = Field(..., max_length=256, description="The display name; null clears it")
+class _AccountSettings(_Request):
+    """The account settings of EmailEngine's account bodies that this service keeps (``name``, ``syncFrom``,
+    ``notifyFrom``, ``subconnections``, ``path``, ``locale``, ``tz``: read as the form reads them), and those it
+    accepts but ignores because they configure EmailEngine's own IMAP sync, which this service does not run
+    (``copy``, ``logs``, ``proxy``, ``smtpEhloName``, ``imapIndexer``). Any other field is a 400."""
+
+    name: str | None = Field(None, max_length=256)
+    syncFrom: str | None = Field(None, max_length=64, description="ISO 8601 date or date-time")
+    notifyFrom: str | None = Field(None, max_length=64, description="ISO 8601 date or date-time")
+    subconnections: list[SubconnectionPath] | None = Field(
+        None, max_length=50, description="Folder paths; one string is a one-element array",
+        json_schema_extra=_one_or_many({"minLength": 1, "maxLength": 256}, 50))
+    path: list[FolderPath] | None = Field(
+        None, description="Folder paths to watch; one string is a one-element array; `*` (all folders, the "
+                          "default) is not kept", json_schema_extra=_one_or_many({"minLength": 1, "maxLength": 1024}))
+    locale: str | None = Field(None, max_length=100)
+    tz: str | None = Field(None, max_length=100)
+    copy_: bool | None = Field(None, alias="copy", description="Ignored (EmailEngine's IMAP sync setting)")
+    logs: bool | None = Field(None, description="Ignored (EmailEngine's IMAP sync setting)")
+    proxy: str | None = Field(None, max_length=2048, description="Ignored (EmailEngine's IMAP sync setting)")
+    smtpEhloName: str | None = Field(None, max_length=256, description="Ignored (EmailEngine's IMAP sync setting)")
+    imapIndexer: str | None = Field(None, max_length=64, description="Ignored (EmailEngine's IMAP sync setting)")
+
+    @field_validator("syncFrom", "notifyFrom", "path", "locale", "tz", mode="before")
+    @classmethod
+    def _empty_is_absent(cls, value: Any) -> Any:
+        return None if value == "" else value
+
+    @field_validator("subconnections", "path", mode="before")
+    @classmethod
+    def _one_string_is_an_array(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("path")
+    @classmethod
+    def _all_folders(cls, value: list[str] | None) -> list[str] | None:
+        return None if value is not None and "*" in value else value
+
+    @field_validator("syncFrom", "notifyFrom")
+    @classmethod
+    def _iso_date(cls, value: str | None) -> str | None:
+        return None if value is None else iso_date(value)
+
+
+ACCOUNT_SETTINGS: Final = ("syncFrom", "notifyFrom", "subconnections", "path", "locale", "tz")  # kept in meta
+IGNORED_SETTINGS: Final = ("copy", "logs", "proxy", "smtpEhloName", "imapIndexer")
+
+
+class AccountUpdate(_AccountSettings):
+    """``PUT /v1/account/{account}``: the settings of ``_AccountSettings``; a field set to null clears it. The
+    mailbox (``email``, ``expectedEmail``) and the credentials (``imap``, ``smtp``, ``oauth2``) come from a
+    sign-in and cannot be set here; ``webhooks``/``webhooksCustomHeaders`` (EmailEngine's per-account webhooks)
+    are not supported: both are 400s."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    name: str | None = Field(None, max_length=256, description="The display name; null clears it")
+
+    @model_validator(mode="after")
+    def _something(self) -> AccountUpdate:
+        if not self.model_fields_set:
+            raise ValueError("nothing to update: send name or another account setting")
+        return self
+
+
+class DelegatedAuth(_Request):
+    user: str | None = Field(None, max_length=256, description="The principal: if given, the signer of "
+                                                              "`delegatedAccount` (its UPN)")
+    delegatedUser: str = Field(..., description="The shared mailbox to connect")
+    delegatedAccount: AccountId = Field(..., description="An existing account whose sign-in (credential) is used")
+
+    @field_validator("delegatedUser")
+    @classmethod
+    def _email(cls, value: str) -> str:
+        return check_email(value)
+
+
+class DelegatedOAuth2(_Request):
+    provider: str | None = Field(None, max_length=64, description="The OAuth app id; if given, that of "
+                                                                  "`delegatedAccount`")
+    auth: DelegatedAuth
+
+
+class AccountCreate(_AccountSettings):
+    """``POST /v1/account``: EmailEngine's body for a shared mailbox that uses the credential of an existing
+    account (``oauth2.auth.delegatedAccount``), with no new sign-in. Accounts with their own credentials (EmailEngine's
+    ``imap``/``smtp``/``oauth2`` with tokens) are connected by a sign-in (the form), not here."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    account: AccountId | None = Field(None, description="Account id; null, empty or left out: derived from the "
+                                                        "tenant and the mailbox, as a sign-in derives it")
+    email: str | None = Field(None, description="The shared mailbox; if given, the same as "
+                                                "`oauth2.auth.delegatedUser`")
+    expectedEmail: str | None = Field(None, description="Pinned on the account: the mailbox or the principal")
+    oauth2: DelegatedOAuth2
+    imap: Literal[False] | None = Field(None, description="Only `false` (no IMAP settings of its own)")
+    smtp: Literal[False] | None = Field(None, description="Only `false` (no SMTP settings of its own)")
+
+    @field_validator("account", mode="before")
+    @classmethod
+    def _trimmed_account(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return _JS_TRIM.sub("", value) or None
+        return value
+
+    @field_validator("email", "expectedEmail", mode="before")
+    @classmethod
+    def _blank_email(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("email", "expectedEmail")
+    @classmethod
+    def _checked_email(cls, value: str | None) -> str | None:
+        return None if value is None else check_email(value)
+
+    @model_validator(mode="after")
+    def _one_mailbox(self) -> AccountCreate:
+        if self.email and self.email.lower() != self.oauth2.auth.delegatedUser.lower():
+            raise ValueError("email: must be the shared mailbox of oauth2.auth.delegatedUser")
+        return self
+
+
+class AccountCreated(_Model):
+    account: str
+    state: Literal["new", "existing"] = Field(..., description="A new account, or an existing one updated")
+
+
+class AccountDeleteQuery(_Request):
+    """Query parameters of ``DELETE /v1/account/{account}``."""
+
+    revoke: bool = Field(False, description="Also destroy the Microsoft grant this service holds (its refresh "
+                                            "token), when no other account uses it; `revoked` in the answer says")
 
 
 class AccountDeleted(_Model):
     account: str
     deleted: bool = True
+    revoked: bool | None = Field(
+        None, description="With `revoke=true`: whether this service's copy of the Microsoft grant (the refresh "
+                          "token) was destroyed; false while other accounts still use the same sign-in")
 
 
 class ReauthRequest(_Request):
@@ -435,10 +721,17 @@ class GraphSettings(_Model):
 
 
 class OAuthTokenResponse(_Model):
+    """EmailEngine's fields (``account``, ``user``, ``provider``, ``accessToken``, ``app``, ``registeredScopes``,
+    ``expires``, ``cached``) beside this service's protocol-aware ``imap``/``smtp``/``graph`` blocks."""
+
     account: str
-    user: str = Field(..., description="The mailbox address (EmailEngine's field)")
+    user: str = Field(..., description="The authenticating principal (the signer's UPN), also for a shared "
+                                       "mailbox, as EmailEngine's `user`; the mailbox is `imap.user`")
     accessToken: str
-    expires: str = Field(..., json_schema_extra={"format": "date-time"}, description="ISO 8601 UTC expiry")
+    expires: str = Field(..., json_schema_extra={"format": "date-time"},
+                         description="UTC expiry with milliseconds, e.g. 2025-01-31T12:00:00.000Z")
+    cached: bool = Field(..., description="True: served from the cache (no call to Microsoft)")
+    app: str = Field(..., description="The OAuth app id (`type` of the form)")
     scopes: list[str]
     registeredScopes: list[str] = Field(..., description="EmailEngine's name for the same scopes")
     provider: Provider = "outlook"
@@ -449,21 +742,24 @@ class OAuthTokenResponse(_Model):
     graph: GraphSettings
 
 
-class ReauthenticationRequiredBody(_Model):
-    """409 of the token hand-off: only a new sign-in (``POST /v1/account/{account}/reauth``) repairs it."""
+class OauthRenewErrorBody(ErrorBody):
+    """403 of the token hand-off (EmailEngine's ``OauthRenewError``): the access token could not be renewed.
+    ``authenticationFailed: true``: only a new sign-in (``POST /v1/account/{account}/reauth``) repairs it, the
+    account is ``authenticationError``; false: Microsoft refused the OAuth app itself (its administrator fixes it)."""
 
-    error: Literal["reauthentication_required"]
-    message: str
+    code: Literal["OauthRenewError"]
+    authenticationFailed: bool
     account: str
-    state: Literal["authenticationError"]
-    errorCode: str
+    state: Literal["authenticationError"] | None = Field(None, description="Present when authenticationFailed")
+    errorCode: str = Field(..., description="Microsoft's OAuth error (invalid_grant, invalid_client, ...) or "
+                                            "credential_missing")
     errorDescription: str
 
 
 # --- webhooks (scope ``admin``; implemented in shared/webhooks/dispatcher.py) ----------------------------------------
 
-EventType = Literal["accountAdded", "authenticationSuccess", "authenticationError", "accountDeleted",
-                    "mailboxAccessLost"]
+EventType = Literal["accountAdded", "accountInitialized", "authenticationSuccess", "authenticationError",
+                    "accountDeleted", "mailboxAccessLost"]
 WebhookSource = Literal["api", "settings"]  # settings: from MC_WEBHOOK_URLS
 WEBHOOK_ID_PATTERN = r"^[a-z0-9]{1,40}$"
 DEAD_LETTER_ID_PATTERN = r"^[a-z0-9]{1,40}\.[0-9a-f]{28}$"

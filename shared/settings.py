@@ -25,6 +25,8 @@ LOCAL_SETTINGS_FILE = PROJECT_ROOT / "local.settings.json"
 # code runs in Azure, where local-only conveniences (local secret store, sandbox) must refuse to start.
 AZURE_MARKERS = ("WEBSITE_INSTANCE_ID", "WEBSITE_SITE_NAME")
 
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+
 
 class SettingsError(RuntimeError):
     """A configuration that cannot work; raised at first use, with the setting's name."""
@@ -63,6 +65,15 @@ class Settings(BaseModel):
     # ago (Microsoft's window is 90 days of inactivity), at most this many credentials per hourly run.
     keepalive_days: int = Field(30, alias="MC_KEEPALIVE_DAYS", ge=1, le=80)
     keepalive_max_per_run: int = Field(50, alias="MC_KEEPALIVE_MAX_PER_RUN", ge=0, le=10_000)
+    # API tokens and OAuth apps come from an instance-local cache (shared/storage/tables/apitokens.py, apps.py):
+    # a revoked token, or a disabled, deleted or changed app, is seen by every instance within this many
+    # seconds (the instance that made the change at once). 0: no cache, one Table read per check.
+    auth_cache_seconds: float = Field(5.0, alias="MC_AUTH_CACHE_SECONDS", ge=0, le=60)
+    # Logging (shared/web/logs.py): our loggers (None: the host's level, INFO as deployed) and the libraries'
+    # (azure.*, msal, urllib3). Applied when the function app is imported (from the environment) and again at
+    # the first request (from these settings).
+    log_level: LogLevel | None = Field(None, alias="MC_LOG_LEVEL")
+    sdk_log_level: LogLevel = Field("WARNING", alias="MC_SDK_LOG_LEVEL")
     # Client id of the user-assigned managed identity (set by the Bicep template).
     azure_client_id: str | None = Field(None, alias="AZURE_CLIENT_ID")
     in_azure: bool = False
@@ -71,6 +82,11 @@ class Settings(BaseModel):
     @classmethod
     def _lower(cls, value: object) -> object:
         return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("log_level", "sdk_log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.strip().upper() if isinstance(value, str) else value
 
     @field_validator("public_url")
     @classmethod

@@ -97,7 +97,7 @@ class Consistency:
 
 def check_consistency(service) -> Consistency:
     """Every account is whole and answers 200, or degraded (the documented narrow race of a delete or re-bind
-    with a sign-in of the same credential) and answers 409 ``reauthentication_required``, never a 5xx or a
+    with a sign-in of the same credential) and answers 403 ``OauthRenewError``, never a 5xx or a
     token; leftovers are counted, not asserted (the callers decide)."""
     from shared.signin.flow import credential_secret_name
 
@@ -114,7 +114,7 @@ def check_consistency(service) -> Consistency:
             assert answer.status_code == 200, (account, answer.status_code, answer.text)
             found.whole.append(account)
         else:
-            assert answer.status_code == 409 and answer.json()["error"] == "reauthentication_required", \
+            assert answer.status_code == 403 and answer.json()["code"] == "OauthRenewError", \
                 (account, cred in creds, (cred, account) in index, answer.status_code, answer.text)
             found.degraded.append(account)
     by_account = {row["PartitionKey"]: row["credentialId"] for row in rows}

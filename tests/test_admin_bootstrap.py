@@ -166,7 +166,7 @@ def test_the_bootstrap_has_the_admin_scope_only(fresh, issue):
                          ("GET", "/v1/account/acct/oauth-token"), ("POST", "/v1/authentication/form")):
         response = fresh.api(method, path, token=boot, json={"redirectUrl": "https://app.example/x"})
         assert response.status_code == 403, (method, path, response.text)
-        assert response.json()["error"] == "forbidden" and "'api'" in response.json()["message"]
+        assert response.json()["code"] == "forbidden" and "'api'" in response.json()["message"]
     assert fresh.api("GET", "/v1/tokens", token=boot).status_code == 200  # still unspent: no admin token yet
 
 
@@ -294,7 +294,7 @@ def test_key_vault_down_is_a_503_and_not_retried_at_once(fresh, issue, reads, cl
     keyvault.throttle_next(100, retry_after=30)  # longer than the store may wait: it gives up at once
     down = fresh.api("POST", "/v1/tokens", token=boot, json={"name": "first admin", "scopes": ["admin"]})
     assert down.status_code == 503, down.text
-    assert down.json()["error"] == "unavailable" and down.headers["Retry-After"] == "30"
+    assert down.json()["code"] == "unavailable" and down.headers["Retry-After"] == "30"
     assert fresh.api("GET", "/v1/tokens", token=bogus()).status_code == 503  # the cached failure
     assert len(reads) == 1
     assert fresh.api("GET", "/v1/accounts", token=api).status_code == 200  # mc_ tokens are unaffected
@@ -310,7 +310,7 @@ def test_a_key_vault_refusal_is_a_503_too(fresh, issue, clock, keyvault):
     boot = issue()
     keyvault.fail_next(1, 403, code="Forbidden", method="GET")  # e.g. the role assignment not yet effective
     refused = fresh.api("GET", "/v1/tokens", token=boot)
-    assert refused.status_code == 503 and refused.json()["error"] == "unavailable", refused.text
+    assert refused.status_code == 503 and refused.json()["code"] == "unavailable", refused.text
     assert refused.headers["Retry-After"] == str(int(bootstrap.FAILURE_SECONDS))
     clock.advance(bootstrap.FAILURE_SECONDS)
     assert fresh.api("GET", "/v1/tokens", token=boot).status_code == 200

@@ -321,3 +321,33 @@ def test_every_hosted_page_is_self_contained(page: Page, stack: Stack):
         assert "Trace ID" not in text and "Traceback" not in text
         shot(page, f"page-{kind}")
     assert requests_made == []
+
+
+def test_the_app_chooser_when_several_apps_are_enabled(page: Page, stack: Stack):
+    """EmailEngine's selection screen: a link made with ``type: false`` while two OAuth apps are enabled lets
+    the person pick one; the pick signs in through that app (README, "The API")."""
+    import secrets
+
+    from shared.core.apps import register_app
+    from shared.settings import get_settings
+    from shared.storage.tables import accounts
+
+    client_id, client_secret = secrets.token_hex(8), secrets.token_urlsafe(24)
+    stack.sandbox.identity.add_client(client_id, client_secret, [f"{stack.url}/oauth"], name="Fabrikam")
+    other = register_app(name="Fabrikam", client_id=client_id, client_secret_value=client_secret,
+                         cloud="global", settings=get_settings())
+    requests_made: list[str] = []
+    page.on("request", lambda request: requests_made.append(request.url))
+    response = page.goto(stack.link(type=False))
+    assert_hosted_page(response, 200, "Choose how to sign in")
+    assert requests_made == [response.url]  # nothing else loaded: no script, style sheet or image
+    options = page.get_by_role("link")
+    assert options.count() == 2 and page.locator("script").count() == 0
+    shot(page, "hosted-app-chooser")
+    page.get_by_role("link", name=re.compile("^Fabrikam")).click()
+    on_sign_in_page(page, stack)
+    assert stack.sandbox.identity.last_authorize["client_id"] == client_id
+    page.get_by_role("button", name=re.compile("^Sign in as Ada Lovelace")).click()
+    page.wait_for_url(re.compile(re.escape(stack.demo.redirect_url) + r"\?account="))
+    account, state = account_of(page)
+    assert state == "new" and accounts.get_account(account).appId == other.id

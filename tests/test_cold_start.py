@@ -49,7 +49,7 @@ def test_importing_function_app_loads_only_the_blueprints_of_our_package():
     modules, _ = fresh("import function_app")
     blueprints = {f"shared.web.blueprints.{p.stem}" for p in BLUEPRINTS.glob("*.py") if p.stem != "__init__"}
     assert {m for m in modules if loaded({m}, "shared")} == {
-        "shared", "shared.web", "shared.web.api", "shared.web.blueprints", *blueprints,
+        "shared", "shared.web", "shared.web.api", "shared.web.logs", "shared.web.blueprints", *blueprints,
     }
 
 

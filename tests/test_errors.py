@@ -24,6 +24,7 @@ from shared.errors import (
     InvalidInput,
     NotFound,
     PayloadTooLarge,
+    TokenRenewalFailed,
     Unauthorized,
     UnsupportedMediaType,
     unavailable,
@@ -85,29 +86,40 @@ def test_the_guard_sees_what_it_guards():
 
 # --- each class on the wire ---------------------------------------------------------------------------
 
+def envelope(status: int, phrase: str, code: str, message: str, **extra: object) -> dict[str, object]:
+    """EmailEngine's error body, written out (../shared/emailengine-api.md, "Errors")."""
+    return {"statusCode": status, "error": phrase, "message": message, "code": code, **extra}
+
+
 CASES = [
     (InvalidInput("name: too long", field="name"), 400, "invalid_input",
-     {"error": "invalid_input", "message": "name: too long", "field": "name"}, {}),
+     envelope(400, "Bad Request", "invalid_input", "name: too long", field="name",
+              fields=[{"message": "name: too long", "key": "name"}]), {}),
     (InvalidInput("the body is not valid JSON", code="invalid_json"), 400, "invalid_json",
-     {"error": "invalid_json", "message": "the body is not valid JSON"}, {}),
+     envelope(400, "Bad Request", "invalid_json", "the body is not valid JSON"), {}),
     (Unauthorized("send a token", headers={"WWW-Authenticate": "Bearer"}), 401, "unauthorized",
-     {"error": "unauthorized", "message": "send a token"}, {"WWW-Authenticate": "Bearer"}),
-    (Unauthorized("no"), 401, "unauthorized", {"error": "unauthorized", "message": "no"}, {}),
+     envelope(401, "Unauthorized", "unauthorized", "send a token"), {"WWW-Authenticate": "Bearer"}),
+    (Unauthorized("no"), 401, "unauthorized", envelope(401, "Unauthorized", "unauthorized", "no"), {}),
     (Forbidden("lacks the 'admin' scope"), 403, "forbidden",
-     {"error": "forbidden", "message": "lacks the 'admin' scope"}, {}),
-    (NotFound("no account with id 'a'"), 404, "not_found", {"error": "not_found", "message": "no account with id 'a'"},
-     {}),
-    (NotFound("gone", code="no_such_thing"), 404, "no_such_thing", {"error": "no_such_thing", "message": "gone"}, {}),
+     envelope(403, "Forbidden", "forbidden", "lacks the 'admin' scope"), {}),
+    (TokenRenewalFailed("Failed to renew"), 403, "OauthRenewError",
+     envelope(403, "Forbidden", "OauthRenewError", "Failed to renew"), {}),
+    (NotFound("no account with id 'a'"), 404, "not_found",
+     envelope(404, "Not Found", "not_found", "no account with id 'a'"), {}),
+    (NotFound("gone", code="no_such_thing"), 404, "no_such_thing",
+     envelope(404, "Not Found", "no_such_thing", "gone"), {}),
     (Conflict("app_in_use", "accounts still use it"), 409, "app_in_use",
-     {"error": "app_in_use", "message": "accounts still use it"}, {}),
-    (PayloadTooLarge("too big"), 413, "payload_too_large", {"error": "payload_too_large", "message": "too big"}, {}),
+     envelope(409, "Conflict", "app_in_use", "accounts still use it"), {}),
+    (PayloadTooLarge("too big"), 413, "payload_too_large",
+     envelope(413, "Payload Too Large", "payload_too_large", "too big"), {}),
     (UnsupportedMediaType("send JSON"), 415, "unsupported_media_type",
-     {"error": "unsupported_media_type", "message": "send JSON"}, {}),
-    (Internal(), 500, "internal_error", {"error": "internal_error", "message": "an internal error occurred"}, {}),
+     envelope(415, "Unsupported Media Type", "unsupported_media_type", "send JSON"), {}),
+    (Internal(), 500, "internal_error",
+     envelope(500, "Internal Server Error", "internal_error", "an internal error occurred"), {}),
     (BadGateway("token_refused", "Microsoft said no"), 502, "token_refused",
-     {"error": "token_refused", "message": "Microsoft said no"}, {}),
-    (Busy("busy; retry", retry_after=1), 503, "unavailable", {"error": "unavailable", "message": "busy; retry"},
-     {"Retry-After": "1"}),
+     envelope(502, "Bad Gateway", "token_refused", "Microsoft said no"), {}),
+    (Busy("busy; retry", retry_after=1), 503, "unavailable",
+     envelope(503, "Service Unavailable", "unavailable", "busy; retry"), {"Retry-After": "1"}),
 ]
 
 
@@ -125,7 +137,7 @@ def test_every_class_of_the_hierarchy_is_covered():
 
 def test_the_fixed_codes_cannot_be_changed_by_accident():
     """A status with one meaning has one code: the class takes no ``code`` argument."""
-    for cls in (Unauthorized, Forbidden, PayloadTooLarge, UnsupportedMediaType, Internal, Busy):
+    for cls in (Unauthorized, Forbidden, TokenRenewalFailed, PayloadTooLarge, UnsupportedMediaType, Internal, Busy):
         with pytest.raises(TypeError):
             cls("message", code="other")  # type: ignore[call-arg]
 
@@ -151,7 +163,7 @@ def test_busy_always_says_when_to_come_back(retry_after, header):
 def test_unavailable_is_a_busy_naming_the_dependency():
     error = unavailable("the secret store", 30)
     assert isinstance(error, Busy)
-    assert error.body() == {"error": "unavailable",
+    assert error.body() == {"statusCode": 503, "error": "Service Unavailable", "code": "unavailable",
                             "message": "the secret store is temporarily unavailable; retry later"}
     assert error.headers == {"Retry-After": "30"}
     assert unavailable("a storage dependency").headers == {"Retry-After": str(DEFAULT_RETRY_AFTER)}
@@ -174,7 +186,7 @@ def test_error_response_renders_status_body_and_headers():
     assert response.status_code == 503
     assert response.headers["Retry-After"] == "1"
     assert response.headers["Cache-Control"] == "no-store"
-    assert json.loads(response.get_body()) == {"error": "unavailable",
+    assert json.loads(response.get_body()) == {"statusCode": 503, "error": "Service Unavailable", "code": "unavailable",
                                                "message": "the account is being changed concurrently; retry"}
     unauthorized = error_response(Unauthorized("no", headers={"WWW-Authenticate": "Bearer"}))
     assert (unauthorized.status_code, unauthorized.headers["WWW-Authenticate"]) == (401, "Bearer")
@@ -202,11 +214,12 @@ def test_call_api_never_answers_503_without_retry_after(failure):
     response = call_api(handler, func.HttpRequest("GET", "/api/v1/x", body=b""), scope=None)
     body = json.loads(response.get_body())
     if failure == "unexpected":
-        assert (response.status_code, body) == (500, {"error": "internal_error",
+        assert (response.status_code, body) == (500, {"statusCode": 500, "error": "Internal Server Error",
+                                                       "code": "internal_error",
                                                        "message": "an internal error occurred"})
         assert "Retry-After" not in response.headers
     else:
-        assert (response.status_code, body["error"]) == (503, "unavailable")
+        assert (response.status_code, body["code"], body["error"]) == (503, "unavailable", "Service Unavailable")
         assert response.headers["Retry-After"] == ("12" if failure == "secret_store" else str(DEFAULT_RETRY_AFTER))
 
 
@@ -219,16 +232,36 @@ def test_the_hosted_unavailable_page_says_when_to_come_back_too():
 
 
 def test_the_handoff_errors_keep_their_wire_shape():
-    from shared.handoff.tokens import ReauthenticationRequired, TokenRefused
+    """EmailEngine's 403 ``OauthRenewError`` with ``authenticationFailed``, plus this service's fields."""
+    from shared.handoff.tokens import OauthRenewError, ReauthenticationRequired, TokenRefused
 
     reauth = ReauthenticationRequired("acc", "invalid_grant", "AADSTS70000: expired")
-    assert isinstance(reauth, Conflict)
-    assert (reauth.status, reauth.code, reauth.headers) == (409, "reauthentication_required", {})
-    assert reauth.body() == {"error": "reauthentication_required", "message": reauth.message, "account": "acc",
+    assert isinstance(reauth, OauthRenewError)
+    assert (reauth.status, reauth.code, reauth.headers) == (403, "OauthRenewError", {})
+    assert reauth.body() == {"statusCode": 403, "error": "Forbidden", "code": "OauthRenewError",
+                             "message": reauth.message, "authenticationFailed": True, "account": "acc",
                              "state": "authenticationError", "errorCode": "invalid_grant",
                              "errorDescription": "AADSTS70000: expired"}
     refused = TokenRefused("acc", "invalid_client", "bad secret")
-    assert isinstance(refused, BadGateway)
-    assert (refused.status, refused.code) == (502, "token_refused")
-    assert refused.body() == {"error": "token_refused", "account": "acc", "errorCode": "invalid_client",
-                              "message": "Microsoft refused the token request (invalid_client): bad secret"}
+    assert isinstance(refused, OauthRenewError) and not isinstance(refused, ReauthenticationRequired)
+    assert (refused.status, refused.code) == (403, "OauthRenewError")
+    assert refused.body() == {"statusCode": 403, "error": "Forbidden", "code": "OauthRenewError",
+                              "message": refused.message, "authenticationFailed": False, "account": "acc",
+                              "errorCode": "invalid_client", "errorDescription": "bad secret"}
+    assert "(invalid_client): bad secret" in refused.message
+
+
+def test_a_400_lists_every_invalid_field_as_emailengine_does():
+    """EmailEngine's ``fields``: every invalid field with its message, not only the first one."""
+    from pydantic import ValidationError
+
+    from shared.schemas import ApiTokenCreate
+    from shared.web.http import validation_error
+
+    with pytest.raises(ValidationError) as caught:
+        ApiTokenCreate.model_validate({"name": "", "scopes": ["root"], "color": "red"})
+    body = validation_error(caught.value).body()
+    assert (body["statusCode"], body["error"]) == (400, "Bad Request")
+    assert {f["key"] for f in body["fields"]} == {"name", "scopes.0", "color"}, body
+    assert body["field"] == body["fields"][0]["key"] and body["message"]
+    assert all(f["message"] for f in body["fields"])

@@ -28,7 +28,8 @@ def test_form_returns_a_signed_expiring_link(service):
     link = linkcodec.decode(params["data"], params["sig"], get_settings())
     assert (link.account, link.email, link.delegated, link.type) == (
         "acc-1", "support@contoso.com", True, service.app.id)
-    assert link.meta == {"syncFrom": "2024-01-01T00:00:00Z", "subconnections": ["Sent Items"], "path": "INBOX"}
+    # path: one string is EmailEngine's one-element array (tests/test_ee_form.py)
+    assert link.meta == {"syncFrom": "2024-01-01T00:00:00Z", "subconnections": ["Sent Items"], "path": ["INBOX"]}
     expires = datetime.fromisoformat(body["expires"].replace("Z", "+00:00"))
     assert expires == datetime.fromtimestamp(link.exp, UTC)
     assert link.exp - link.iat == get_settings().link_ttl_seconds
@@ -73,7 +74,7 @@ def test_redirect_outside_the_allowlist_is_refused(service, set_env):
     set_env(MC_REDIRECT_ALLOWLIST="https://app.example, https://other.example")
     assert service.form(redirectUrl="https://app.example/ok").status_code == 200
     refused = service.form(redirectUrl="https://evil.example/")
-    assert refused.status_code == 400 and refused.json()["error"] == "invalid_redirect_url"
+    assert refused.status_code == 400 and refused.json()["code"] == "invalid_redirect_url"
 
 
 @pytest.mark.parametrize("headers,data", [
@@ -86,7 +87,7 @@ def test_redirect_outside_the_allowlist_is_refused(service, set_env):
 def test_malformed_bodies(service, headers, data):
     response = service.api("POST", "/v1/authentication/form", headers=headers, data=data)
     assert response.status_code in (400, 415), response.text
-    assert response.json()["error"] in ("invalid_json", "unsupported_media_type")
+    assert response.json()["code"] in ("invalid_json", "unsupported_media_type")
 
 
 def test_oversized_body(service):
@@ -101,15 +102,17 @@ def test_api_token_is_required(service, authorization):
     response = service.api("POST", "/v1/authentication/form", token=False, headers=headers,
                            json={"redirectUrl": "https://app.example/"})
     assert response.status_code == 401
-    assert response.json()["error"] == "unauthorized"
+    assert response.json()["code"] == "unauthorized"
     assert "Bearer" in response.headers["WWW-Authenticate"]
 
 
-def test_type_is_optional_with_one_app_and_required_with_two(service, identity):
+def test_type_is_optional_with_one_app_and_chosen_by_the_person_with_two(service, identity):
     assert service.form().status_code == 200
     from shared.core.apps import register_app
 
     register_app(name="second", client_id="c2", client_secret_value="s2", settings=get_settings())
-    ambiguous = service.form()
-    assert ambiguous.status_code == 400 and ambiguous.json()["error"] == "app_required"
-    assert service.form(type=service.app.id).status_code == 200
+    # EmailEngine's way: no preselection, the person picks (the chooser page, tests/test_ee_form.py)
+    unnamed = query(service.link())
+    assert linkcodec.decode(unnamed["data"], unnamed["sig"], get_settings()).type is None
+    named = query(service.link(type=service.app.id))
+    assert linkcodec.decode(named["data"], named["sig"], get_settings()).type == service.app.id

@@ -243,6 +243,11 @@ def state_of_tables() -> dict[str, dict[str, str]]:
     return out
 
 
+# The app's redirectUrl with its own query and an SPA route: both come back unchanged (EmailEngine keeps them).
+APP_QUERY, APP_FRAGMENT = "from=fuzz&state=app-state", "/mailboxes?tab=1&x=%2F"
+FUZZ_REDIRECT = f"{APP_REDIRECT}?{APP_QUERY}#{APP_FRAGMENT}"
+
+
 def authorize_endpoint(identity) -> str:
     return f"{identity.url}/organizations/oauth2/v2.0/authorize"
 
@@ -260,7 +265,8 @@ def assert_location_allowed(answer: Answer, service, *, authorize: bool, app: bo
         assert query["redirect_uri"] == f"{service.url}/oauth", location
         assert query["code_challenge_method"] == "S256" and query["state"], location
     else:
-        assert app and base == APP_REDIRECT and not parts.fragment, location
+        assert app and base == APP_REDIRECT and parts.fragment == APP_FRAGMENT, location
+        assert parts.query.startswith("from=fuzz&"), location  # the app's own state= is replaced by ours
 
 
 # --- /accounts/new -------------------------------------------------------------------------------------
@@ -277,7 +283,8 @@ def test_accounts_new_redirects_only_genuine_links(service, identity):
     @fuzz(150)
     @given(query_string({"data": mostly(data, mutations(data), tampered_data(data), st.none()),
                          "sig": mostly(sig, mutations(sig), st.none())},
-                        {"state": st.text(max_size=10), "x": st.text(max_size=10)}, {"data": data, "sig": sig}))
+                        {"state": st.text(max_size=10), "x": st.text(max_size=10), "app": st.text(max_size=20)},
+                        {"data": data, "sig": sig}))
     def check(query: str) -> None:
         answer = get(service, f"/accounts/new?{query}")
         assert answer.status < 500, (answer.status, query[:300], answer.body[:300])
@@ -350,7 +357,7 @@ class Flow:
 
 def start_flow(service) -> Flow:
     browser = Browser()
-    start = browser.get(service.link(), allow_redirects=False, timeout=30)
+    start = browser.get(service.link(redirectUrl=FUZZ_REDIRECT), allow_redirects=False, timeout=30)
     assert start.status_code == 302, start.text
     authorize = browser.get(start.headers["Location"], allow_redirects=False, timeout=30,
                             verify=service.identity.ca_bundle)
@@ -438,7 +445,10 @@ def test_oauth_callback_never_stores_or_redirects_unless_genuine(service, identi
     flow = start_flow(service)
     answer = get(service, f"/oauth?code={flow.code}&state={flow.state}&session_state={flow.session_state}",
                  flow.cookie)
-    assert answer.status == 302 and urlsplit(answer.location or "").query.startswith("account="), answer.location
+    back = urlsplit(answer.location or "")
+    assert answer.status == 302 and back.query.startswith("from=fuzz&account="), answer.location
+    states = [p for p in back.query.split("&") if p.startswith("state=")]
+    assert back.fragment == APP_FRAGMENT and states in (["state=new"], ["state=existing"]), answer.location
     # At most one account: every genuine completion was the same mailbox (derived account id).
     rows = [r for r in table("accounts").list_entities() if r["RowKey"] == ""]  # not the event rows
     assert len(rows) <= 1, [(r["PartitionKey"], r.get("email"), r.get("meta")) for r in rows]

@@ -58,7 +58,7 @@ def test_a_lone_surrogate_account_id_is_refused_at_the_form(service, identity):
                         '{"account": "\\ud800", "redirectUrl": "' + APP_REDIRECT + '"}')
     assert response.status_code == 400, response.text
     body = response.json()
-    assert (body["error"], body.get("field")) == ("invalid_text", "account"), body
+    assert (body["code"], body.get("field")) == ("invalid_text", "account"), body
     assert "surrogate" in body["message"]
     nothing_written(before)
 
@@ -139,11 +139,11 @@ def test_every_string_field_of_every_body_refuses_ill_formed_text(service, seede
             assert response.status_code == 400, (method, path, field, response.status_code, response.text)
             body = response.json()
             expected = f"{field}.0" if is_array else field
-            assert (body["error"], body.get("field")) == ("invalid_text", expected), (method, path, body)
+            assert (body["code"], body.get("field")) == ("invalid_text", expected), (method, path, body)
             checked += 1
         # A field name that is not text, and a bad string nested in an unknown field: refused too.
         response = post_raw(service, path, json.dumps({f"k{bad}": 1}), method)
-        assert response.status_code == 400 and response.json()["error"] == "invalid_text", (path, response.text)
+        assert response.status_code == 400 and response.json()["code"] == "invalid_text", (path, response.text)
         response = post_raw(service, path, json.dumps({"extra": {"deep": [bad]}}), method)
         assert response.status_code == 400 and response.json()["field"] == "extra.deep.0", (path, response.text)
     assert checked >= 30, checked
@@ -153,7 +153,7 @@ def test_every_string_field_of_every_body_refuses_ill_formed_text(service, seede
 def test_query_and_path_parameters_refuse_non_characters(service, seeded_account):
     for query in ("email=a%EF%BF%BF%40contoso.com", "cursor=%EF%BF%BE", "state=%EF%BF%BF"):
         response = service.api("GET", f"/v1/accounts?{query}")
-        assert response.status_code == 400 and response.json()["error"] == "invalid_text", (query, response.text)
+        assert response.status_code == 400 and response.json()["code"] == "invalid_text", (query, response.text)
     for method, path in (("GET", "/v1/account/a%EF%BF%BF"), ("DELETE", "/v1/account/%EF%BF%BE"),
                          ("GET", "/v1/account/%EF%B7%90/oauth-token")):
         response = service.api(method, path)
@@ -182,13 +182,13 @@ def test_deep_nesting_and_huge_numbers_are_a_400_on_every_json_route(service, se
         for what, raw in HOSTILE_BODIES.items():
             response = post_raw(service, path, raw, method)
             assert response.status_code == 400, (method, path, what, response.status_code, response.text[:200])
-            assert response.json()["error"] in ("invalid_json", "invalid_text"), (method, path, what, response.text)
+            assert response.json()["code"] in ("invalid_json", "invalid_text"), (method, path, what, response.text)
     nothing_written(before)
 
 
 def test_nesting_within_the_limit_still_reaches_validation(service):
     response = post_raw(service, "/v1/authentication/form", '{"redirectUrl": ' + "[" * 31 + "]" * 31 + "}")
-    assert response.status_code == 400 and response.json()["error"] == "invalid_input", response.text
+    assert response.status_code == 400 and response.json()["code"] == "invalid_input", response.text
 
 
 # --- hosted pages: query strings ---------------------------------------------------------------------------

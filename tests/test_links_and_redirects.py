@@ -90,12 +90,12 @@ def test_allowlist_matches_origins():
             validate_redirect_url(url, allow)
 
 
-def test_with_query_keeps_app_params_and_replaces_ours():
+def test_with_query_keeps_app_params_and_the_fragment_and_replaces_ours():
     url = with_query("https://app.example/cb?x=1&state=spoof#frag", {"account": "a b", "state": "new"})
-    assert url == "https://app.example/cb?x=1&account=a+b&state=new"
+    assert url == "https://app.example/cb?x=1&account=a+b&state=new#frag"
 
 
-@pytest.mark.parametrize("account", ["a/b", "a\\b", "a#b", "a?b", "a\x00b", "a\nb", "", "x" * 201])
+@pytest.mark.parametrize("account", ["a/b", "a\\b", "a#b", "a?b", "a\x00b", "a\nb", "x" * 257, "\U0001f600" * 129])
 def test_account_ids_table_storage_forbids(account):
     with pytest.raises(ValueError):
         FormRequest(account=account, redirectUrl="https://app.example/")

@@ -104,11 +104,11 @@ def test_repeated_request_headers_are_joined(server):
 def test_unknown_route_is_404_and_wrong_method_is_405(server, client):
     r = client.get(f"{server.url}/no/such/route")
     assert r.status_code == 404
-    assert r.json()["error"] == "not_found"
+    assert r.json()["code"] == "not_found"
     r = client.get(f"{server.url}/v1/account/acc-1/oauth-token")
     assert r.status_code == 405
     assert r.headers["Allow"] == "POST"
-    assert r.json()["error"] == "method_not_allowed"
+    assert r.json()["code"] == "method_not_allowed"
 
 
 def test_every_set_cookie_is_sent_as_its_own_header_like_the_real_host(server, client):
@@ -157,7 +157,7 @@ def test_exception_is_a_generic_500_and_the_server_keeps_serving(server, client,
         r = client.get(f"{server.url}/boom")
     assert r.status_code == 500
     assert "secret detail" not in r.text
-    assert r.json()["error"] == "internal_error"
+    assert r.json()["code"] == "internal_error"
     failed = [rec for rec in caplog.records if rec.exc_info]
     assert failed and failed[0].exc_info[0] is RuntimeError  # the traceback is logged
     assert client.get(f"{server.url}/v1/account/still-here").status_code == 200

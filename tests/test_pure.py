@@ -449,23 +449,32 @@ def test_hosted_pages_send_hsts_over_https_only():
     assert security_headers(False) == SECURITY_HEADERS and "Strict-Transport-Security" not in SECURITY_HEADERS
 
 
-def test_with_query_adds_and_replaces_parameters_and_drops_the_fragment():
+def test_with_query_adds_and_replaces_parameters_and_keeps_the_rest_and_the_fragment():
+    # EmailEngine keeps redirectUrl's own query and #fragment (issue 13); same-named parameters are ours.
     url = with_query("https://app.example/cb?keep=1&state=old&empty=#frag", {"state": "new", "account": "a b&c=d"})
-    assert url == "https://app.example/cb?keep=1&empty=&state=new&account=a+b%26c%3Dd"
+    assert url == "https://app.example/cb?keep=1&empty=&state=new&account=a+b%26c%3Dd#frag"
     assert with_query("http://localhost:3000/", {"error": "access_denied"}) == "http://localhost:3000/?error=access_denied"
     assert with_query("https://app.example/cb?a=1", {"b": None}) == "https://app.example/cb?a=1"
+    # The app's own parameters byte for byte (spelling, order, a flag without "="), an SPA route after "#"
+    # (with its own "?" and "&"), and a spoof of ours under another spelling of the name.
+    url = with_query("https://app.example/cb?x=a%20b&flag&y=%2F&st%61te=spoof#/done?tab=1&z=2",
+                     {"account": "acc", "state": "existing"})
+    assert url == "https://app.example/cb?x=a%20b&flag&y=%2F&account=acc&state=existing#/done?tab=1&z=2"
+    assert with_query("https://app.example/cb#", {"account": "a"}) == "https://app.example/cb?account=a#"
+    assert with_query("https://app.example/cb?", {"account": "a"}) == "https://app.example/cb?account=a"
 
 
 # --- account ids and e-mail addresses -----------------------------------------------------------------------
 
-@pytest.mark.parametrize("value", ["a", "acct-1", "x" * 200, "ünïcödé", "with space", "a.b_c~d:e@f", "12345"])
+@pytest.mark.parametrize("value", ["a", "acct-1", "x" * 256, "\U0001f600" * 128, "ünïcödé", "with space",
+                                   "a.b_c~d:e@f", "12345"])
 def test_good_account_ids_come_back_unchanged(value):
     assert check_account_id(value) == value
     assert account_id_param(value) == value
 
 
-@pytest.mark.parametrize("value", ["", "x" * 201, "a/b", "a\\b", "a#b", "a?b", "a\x00", "a\nb", "a\x1f", "a\x7f",
-                                   "a\x85", "a\x9f", " a", "a ", "a\t"])
+@pytest.mark.parametrize("value", ["", "x" * 257, "\U0001f600" * 129, "a/b", "a\\b", "a#b", "a?b", "a\x00", "a\nb",
+                                   "a\x1f", "a\x7f", "a\x85", "a\x9f", " a", "a ", "a\t"])
 def test_bad_account_ids_are_refused(value):
     with pytest.raises(ValueError):
         check_account_id(value)

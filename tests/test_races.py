@@ -12,7 +12,7 @@ stopped at Microsoft's redirect back to ``/oauth`` so that only the callbacks ra
   (credential, account) index row and the credential's secret all exist) and its token hand-off answers 200,
   or **degraded** by the documented narrow race of a delete or re-bind with a sign-in of the same credential
   ("the account then asks for re-authentication at its next token request"; "the account it writes then may
-  need one more sign-in"): then the hand-off answers 409 ``reauthentication_required``, never a 5xx or a
+  need one more sign-in"): then the hand-off answers 403 ``OauthRenewError``, never a 5xx or a
   token, and one more sign-in makes it whole again;
 * an index row whose account is gone or points at another credential is a leftover: harmless to readers
   (they check that the account points back) but it keeps its credential alive. Counted and reported;

@@ -103,7 +103,7 @@ def test_a_link_that_produced_nothing_verifies_nothing(service, identity):
     victim = identity.add_user("victim@contoso.com")
     victim_account = connect(service, victim)
     not_found = service.api("GET", f"/v1/links/{app.sessions['mallory']}")
-    assert not_found.status_code == 404 and not_found.json()["error"] == "not_found", not_found.text
+    assert not_found.status_code == 404 and not_found.json()["code"] == "not_found", not_found.text
     assert app.on_return("mallory", forged(account=victim_account, state="existing",
                                            link=app.sessions["mallory"])) is None
 

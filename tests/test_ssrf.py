@@ -154,8 +154,9 @@ def test_a_name_resolving_to_an_allowed_address_is_delivered_with_its_host_sni_a
     account = connect(service, identity.add_user("ada@contoso.com"))
     resolver = Resolver(hooks_example=["127.0.0.1"])  # not resolvable by DNS at all: only the hook knows it
     report = Dispatcher(get_settings(), clock=Clock(), session=session_for(resolver)).run()
-    assert report.delivered == 2 and report.failed == 0, report
-    assert [r["body"]["event"] for r in tls_receiver.requests] == ["accountAdded", "authenticationSuccess"]
+    assert report.delivered == 3 and report.failed == 0, report
+    assert [r["body"]["event"] for r in tls_receiver.requests] == \
+        ["accountAdded", "authenticationSuccess", "accountInitialized"]
     assert {r["host"] for r in tls_receiver.requests} == {f"hooks.example:{tls_receiver.port}"}
     assert tls_receiver.sni and set(tls_receiver.sni) == {"hooks.example"}
     assert tls_receiver.requests[0]["body"]["account"] == account
@@ -197,12 +198,12 @@ def test_rebinding_after_a_delivery_is_refused_on_the_next_connection(service, i
     resolver = Resolver(hooks_example=["127.0.0.1"])
     clock = Clock()
     connect(service, identity.add_user("ada@contoso.com"))
-    assert Dispatcher(get_settings(), clock=clock, session=session_for(resolver)).run().delivered == 2
+    assert Dispatcher(get_settings(), clock=clock, session=session_for(resolver)).run().delivered == 3
     resolver.answers["hooks.example"] = ["169.254.169.254"]  # the owner of the name re-points it
     connect(service, identity.add_user("bob@contoso.com"))
     report = Dispatcher(get_settings(), clock=clock, session=session_for(resolver)).run()  # a new connection
     assert report.delivered == 0 and report.failed == 1, report
-    assert len(tls_receiver.requests) == 2
+    assert len(tls_receiver.requests) == 3
     assert any("link-local" in (r.lastError or "") for r in rows_of(hook["id"]))
 
 
@@ -222,8 +223,8 @@ def test_in_azure_the_dispatcher_refuses_loopback_receivers(service, identity, m
         # The same rows, locally: delivered.
         clock = Clock()
         clock.advance(hours=2)
-        assert Dispatcher(get_settings(), clock=clock).run().delivered == 2
-        assert len(receiver.received) == 2
+        assert Dispatcher(get_settings(), clock=clock).run().delivered == 3
+        assert len(receiver.received) == 3
     finally:
         receiver.stop()
 

@@ -209,7 +209,8 @@ def test_storage_unavailable_answers_503_with_retry_after_like_a_raw_sdk_failure
     assert own.status_code == raw.status_code == 503
     assert own.headers["Retry-After"] == raw.headers["Retry-After"]
     assert json.loads(own.get_body()) == json.loads(raw.get_body()) == {
-        "error": "unavailable", "message": "a storage dependency is temporarily unavailable; retry later"}
+        "statusCode": 503, "error": "Service Unavailable", "code": "unavailable",
+        "message": "a storage dependency is temporarily unavailable; retry later"}
 
 
 def test_a_storage_not_found_that_escapes_is_still_a_500() -> None:

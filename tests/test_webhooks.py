@@ -85,15 +85,16 @@ def test_account_lifecycle_events_are_signed_and_in_order(service, identity, rec
     bob = identity.add_user("bob@contoso.com", name="Bob")
     account = connect(service, bob, name="Bob's mailbox")
     # Committed with the account row, in its partition; nothing was sent by the request itself.
-    assert sorted(r["event"] for r in event_rows()) == ["accountAdded", "authenticationSuccess"]
+    assert sorted(r["event"] for r in event_rows()) == ["accountAdded", "accountInitialized", "authenticationSuccess"]
     assert {r["PartitionKey"] for r in event_rows()} == {account}
     assert receiver.received == []
 
     report = dispatch(clock)
-    assert (report.fanned_out, report.delivered, report.failed) == (2, 2, 0)
-    added, success = [assert_signed(r, hook["secret"], clock) for r in receiver.received]
-    assert [added["event"], success["event"]] == ["accountAdded", "authenticationSuccess"]
-    assert added["id"] < success["id"] and added["date"] <= success["date"]
+    assert (report.fanned_out, report.delivered, report.failed) == (3, 3, 0)
+    added, success, initialized = [assert_signed(r, hook["secret"], clock) for r in receiver.received]
+    assert [added["event"], success["event"], initialized["event"]] == \
+        ["accountAdded", "authenticationSuccess", "accountInitialized"]
+    assert added["id"] < success["id"] < initialized["id"] and added["date"] <= success["date"]
     assert added["account"] == account and added["serviceUrl"] == service.url
     assert added["data"] == {"account": account, "name": "Bob's mailbox", "email": "bob@contoso.com",
                              "delegated": False, "app": service.app.id,
@@ -105,11 +106,11 @@ def test_account_lifecycle_events_are_signed_and_in_order(service, identity, rec
     assert connect(service, bob, account=account) == account  # signing in again: existing
     service.api("DELETE", f"/v1/account/{account}").raise_for_status()
     dispatch(clock)
-    again, deleted = [assert_signed(r, hook["secret"], clock) for r in receiver.received[2:]]
+    again, deleted = [assert_signed(r, hook["secret"], clock) for r in receiver.received[3:]]
     assert again["event"] == "authenticationSuccess" and again["data"]["state"] == "existing"
     assert deleted == {**deleted, "event": "accountDeleted", "account": account,
                        "data": {"account": account, "user": "bob@contoso.com"}}
-    assert len({r.event_id for r in receiver.received}) == 4
+    assert len({r.event_id for r in receiver.received}) == 5
     assert dispatch(clock).delivered == 0  # nothing left
 
 
@@ -150,16 +151,16 @@ def test_settings_targets_event_filters_and_the_api(service, identity, receiver,
         assert listed["settings"]["url"] == configured.url and listed["settings"]["events"] == []
         assert listed["api"]["description"] == "deletions"
         refused = service.api("DELETE", f"/v1/webhooks/{listed['settings']['id']}")
-        assert refused.status_code == 409 and refused.json()["error"] == "configured_in_settings"
+        assert refused.status_code == 409 and refused.json()["code"] == "configured_in_settings"
 
         account = connect(service, identity.add_user("ann@contoso.com"))
         service.api("DELETE", f"/v1/account/{account}").raise_for_status()
         dispatch(clock)
-        assert configured.events() == ["accountAdded", "authenticationSuccess", "accountDeleted"]
+        assert configured.events() == ["accountAdded", "authenticationSuccess", "accountInitialized", "accountDeleted"]
         for got in configured.received:
             assert_signed(got, "configured-secret-0123", clock)
         assert receiver.events() == ["accountDeleted"]
-        assert receiver.received[0].event_id == configured.received[2].event_id  # one event, two targets
+        assert receiver.received[0].event_id == configured.received[3].event_id  # one event, two targets
     finally:
         configured.stop()
 
@@ -266,11 +267,11 @@ def test_a_receiver_down_for_an_hour_then_up_gets_every_event_once(service, iden
     accounts = [connect(service, u) for u in users]
     service.api("DELETE", f"/v1/account/{accounts[0]}").raise_for_status()
     produced = {r["RowKey"].removeprefix(outbox.EVENT_PREFIX) for r in event_rows()}
-    assert len(produced) == 7  # 3 x (accountAdded + authenticationSuccess) + accountDeleted
+    assert len(produced) == 10  # 3 x (accountAdded + authenticationSuccess + accountInitialized) + accountDeleted
 
     start = clock()
     report, runs = dispatch(clock), 1
-    assert (report.fanned_out, report.delivered, report.failed) == (7, 0, 1)  # one probe per run, not 7
+    assert (report.fanned_out, report.delivered, report.failed) == (10, 0, 1)  # one probe per run, not 10
     while clock() - start < timedelta(hours=1):
         clock.to(min(d.nextAttemptAt for d in deliveries.of_target(hook["id"])))
         report = dispatch(clock)
@@ -300,14 +301,14 @@ def test_a_receiver_failing_forever_does_not_hold_up_the_others(service, identit
         for i in range(3):
             connect(service, identity.add_user(f"f{i}@contoso.com"))
         report = dispatch(clock)
-        assert report.delivered == 6 and report.failed == 1
-        assert len(receiver.received) == 6 and len(failing.received) == 1
+        assert report.delivered == 9 and report.failed == 1
+        assert len(receiver.received) == 9 and len(failing.received) == 1
         pending = list(deliveries.of_target(bad["id"]))
-        assert len(pending) == 6 and sum(d.attempts for d in pending) == 1
+        assert len(pending) == 9 and sum(d.attempts for d in pending) == 1
         connect(service, identity.add_user("late@contoso.com"))
         clock.advance(seconds=10)
         dispatch(clock)
-        assert len(receiver.received) == 8  # the healthy receiver keeps getting new events at once
+        assert len(receiver.received) == 12  # the healthy receiver keeps getting new events at once
     finally:
         failing.stop()
 
@@ -323,15 +324,15 @@ def test_events_whose_fast_path_was_lost_are_swept_up(service, identity, receive
     monkeypatch.setattr(outbox, "add_index", crash)
     account = connect(service, identity.add_user("fay@contoso.com"))
     monkeypatch.undo()
-    assert outbox.pending() == [] and len(event_rows()) == 2
+    assert outbox.pending() == [] and len(event_rows()) == 3
 
     assert dispatch(clock).fanned_out == 0 and receiver.received == []  # the fast path knows nothing
     sweeper = Dispatcher(get_settings(), clock=clock)
     assert sweeper.sweep() == 0, "younger than the grace period: left to the fast path"
     clock.advance(minutes=3)
-    assert sweeper.sweep() == 2
+    assert sweeper.sweep() == 3
     dispatch(clock)
-    assert receiver.events() == ["accountAdded", "authenticationSuccess"]
+    assert receiver.events() == ["accountAdded", "authenticationSuccess", "accountInitialized"]
     assert {r.json["account"] for r in receiver.received} == {account}
     assert event_rows() == []
 
@@ -344,13 +345,13 @@ def test_a_crash_between_fan_out_and_clean_up_delivers_once(service, identity, r
     with pytest.raises(ConnectionError):
         dispatch(clock)
     monkeypatch.setattr(outbox, "delete_event", real_delete)
-    assert len(event_rows()) == 2 and len(outbox.pending()) == 2  # nothing was cleaned up
+    assert len(event_rows()) == 3 and len(outbox.pending()) == 3  # nothing was cleaned up
     dispatch(clock)  # fans the first event out again (a no-op), then delivers
     clock.advance(minutes=3)
     Dispatcher(get_settings(), clock=clock).sweep()
     dispatch(clock)
-    assert sorted(receiver.events()) == ["accountAdded", "authenticationSuccess"]
-    assert len({r.event_id for r in receiver.received}) == len(receiver.received) == 2
+    assert sorted(receiver.events()) == ["accountAdded", "accountInitialized", "authenticationSuccess"]
+    assert len({r.event_id for r in receiver.received}) == len(receiver.received) == 3
     assert event_rows() == [] and outbox.pending() == []
 
 
@@ -373,15 +374,15 @@ def test_authentication_error_is_sent_once_with_a_reauth_link_and_repair_follows
     receiver.received.clear()
 
     identity.revoke(ivy)
-    assert service.api("GET", f"/v1/account/{own}/oauth-token").status_code == 409
+    assert service.api("GET", f"/v1/account/{own}/oauth-token").status_code == 403
     reset_token_cache()
-    assert service.api("GET", f"/v1/account/{shared}/oauth-token").status_code == 409  # fails again: no new event
+    assert service.api("GET", f"/v1/account/{shared}/oauth-token").status_code == 403  # fails again: no new event
     dispatch(clock)
     errors = [assert_signed(r, hook["secret"], clock) for r in receiver.received]
     assert sorted(e["account"] for e in errors) == sorted([own, shared]), "one event per account, once"
     by_account = {e["account"]: e["data"] for e in errors}
     data = by_account[own]
-    assert data["serverResponseCode"] == "invalid_grant" and data["response"]
+    assert (data["serverResponseCode"], data["errorCode"]) == ("OauthRenewError", "invalid_grant") and data["response"]
     assert sorted(data["accounts"]) == sorted([own, shared]) and data["user"] == "ivy@contoso.com"
     link = data["reauthUrl"]
     assert link.startswith(service.url + "/accounts/new?") and data["reauthExpires"]
@@ -407,7 +408,7 @@ def test_reauth_redirect_url_setting_wins(service, identity, receiver, clock, se
     account = connect(service, jay)
     set_env(MC_REAUTH_REDIRECT_URL="https://app.example/reconnect")
     identity.revoke(jay)
-    assert service.api("GET", f"/v1/account/{account}/oauth-token").status_code == 409
+    assert service.api("GET", f"/v1/account/{account}/oauth-token").status_code == 403
     dispatch(clock)
     params = query(receiver.received[0].json["data"]["reauthUrl"])
     assert decode(params["data"], params["sig"], get_settings()).redirectUrl == "https://app.example/reconnect"
@@ -433,9 +434,9 @@ def test_the_delivery_timer_delivers_on_its_schedule(env, set_env, identity, ima
         service = Service.create(f"http://localhost:{port}", identity)
         committed = time.monotonic()
         connect(service, identity.add_user("kim@contoso.com"))
-        got = receiver.wait_for(2, timeout=30)
-        latency = got[1].at - committed
-        assert [r.json["event"] for r in got] == ["accountAdded", "authenticationSuccess"]
+        got = receiver.wait_for(3, timeout=30)
+        latency = got[2].at - committed
+        assert [r.json["event"] for r in got] == ["accountAdded", "authenticationSuccess", "accountInitialized"]
         print(f"webhook latency after the sign-in: {latency:.1f}s (timer every 10 s)")
         assert server.run_timer("webhook_sweeper") is None and server.run_timer("credential_keepalive") is None
     finally:

@@ -551,7 +551,10 @@ class _Context(func.Context):
 
 
 def _json_error(status: int, error: str, message: str) -> tuple[int, list[tuple[str, str]], bytes]:
-    body = json.dumps({"error": error, "message": message}).encode()
+    from shared.errors import reason_phrase  # the service's envelope, so a client sees one shape
+
+    body = json.dumps({"statusCode": status, "error": reason_phrase(status), "message": message,
+                       "code": error}).encode()
     return status, [("Content-Type", "application/json; charset=utf-8")], body
 
 

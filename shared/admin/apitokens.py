@@ -1,9 +1,9 @@
 """API tokens through the API (``/v1/tokens``, scope ``admin``): mint (shown once), list, revoke.
 
 Only SHA-256 hashes are stored (``shared.storage.tables.apitokens``); a list never shows a token or its hash.
-Revocation deletes the row, and every request does a point read of its token (no caching), so a revoked
-token is refused from the next request on. A token may revoke itself; the admin CLI can always mint a new
-one (``python -m shared.cli create-token``).
+Revocation deletes the row: the instance that revokes refuses the token from the next request on, every other
+instance within ``MC_AUTH_CACHE_SECONDS`` (tokens are verified from an instance-local cache; 0 turns it off).
+A token may revoke itself; the admin CLI can always mint a new one (``python -m shared.cli create-token``).
 
 Restricted tokens (``apps`` and/or ``accounts``; enforced through ``shared.core.access.Caller``) have only
 the ``api`` scope: asking for ``admin`` with a restriction is a 400, since an admin token could mint itself

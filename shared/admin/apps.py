@@ -7,7 +7,8 @@
   written as a new version of the app's secret, then this instance's cached copy is dropped
   (``forget_client_secret``); other instances pick it up within ``oauth_apps.SECRET_CACHE_SECONDS`` or at
   once when Microsoft answers ``invalid_client``. This instance's app cache is dropped on every write;
-  other instances see app changes within ``tables.apps.CACHE_SECONDS``.
+  other instances see app changes (disable, delete, update) within ``MC_AUTH_CACHE_SECONDS``
+  (``shared.storage.tables.apps``).
 * Changing ``cloud``, ``authority`` or ``clientId`` of an app that has accounts is allowed (an admin fixing a
   registration), but existing refresh tokens belong to the old registration: such accounts need a new
   sign-in.

@@ -4,8 +4,14 @@ which also builds the re-authentication links of ``POST /v1/account/{account}/re
 The answer's ``link`` is the link's id: it comes back on the redirect (``link=``) and ``GET /v1/links/{link}``
 tells which account that link produced (``shared.admin.links``).
 
+The body is read as EmailEngine reads it (``shared.schemas.FormRequest``: empty strings as absent, ``account``
+trimmed, one string for ``subconnections``/``path``, ISO dates). ``type`` false or absent: the only enabled
+app, or, with several, a link that names none: the person picks one on the hosted chooser page
+(``shared.signin.flow``), as on EmailEngine's.
+
 A restricted API token (``shared.core.access``) creates links only for its own OAuth apps (``type`` must be
-one of them; with exactly one, it is the default) and, when restricted to accounts, only for one of its
+one of them; with exactly one, it is the default; with several and no ``type``, the chooser offers only
+them: the link records them, signed) and, when restricted to accounts, only for one of its
 accounts (``account`` is then required). A link naming an existing account the token may not see is
 refused like an unknown account is elsewhere (404); an unknown account id is accepted, since the link
 creates it, so this one answer does tell a restricted token that the id is taken.
@@ -19,7 +25,6 @@ from shared.errors import InvalidInput
 from shared.schemas import FormRequest, FormResponse
 from shared.settings import Settings
 from shared.storage.tables import accounts
-from shared.storage.tables import apps as app_table
 
 META_FIELDS = ("syncFrom", "notifyFrom", "subconnections", "path")
 
@@ -34,11 +39,13 @@ def create_form_link(form: FormRequest, settings: Settings, caller: Caller) -> F
         account=form.account, name=form.name, email=form.email, delegated=form.delegated,
         expected_email=form.expectedEmail,
         meta={k: getattr(form, k) for k in META_FIELDS if getattr(form, k) is not None},
+        allowed_apps=caller.apps,
     )
 
 
 def _app_for(requested: str | None, caller: Caller) -> str | None:
-    """The form's ``type`` within the caller's apps (answered like an unknown app when outside them)."""
+    """The form's ``type`` within the caller's apps (answered like an unknown app when outside them); None:
+    no preselection (``build_link`` takes the only enabled app of the caller's, or lets the person pick)."""
     if caller.apps is None:
         return requested
     if requested is not None:
@@ -47,10 +54,7 @@ def _app_for(requested: str | None, caller: Caller) -> str | None:
         return requested
     if len(caller.apps) == 1:
         return next(iter(caller.apps))
-    enabled = sorted(app.id for app in app_table.list_apps() if app.enabled and app.id in caller.apps)
-    if len(enabled) == 1:
-        return enabled[0]
-    raise InvalidInput("name one of this API token's OAuth apps in type", field="type", code="app_required")
+    return None
 
 
 def _check_account(account_id: str | None, caller: Caller) -> None:

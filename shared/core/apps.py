@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Collection
 from typing import get_args
 
 from shared.clouds import CLOUDS, BaseScopes, Cloud
@@ -19,8 +20,18 @@ _lock = threading.Lock()
 _secrets: dict[tuple[str, str], tuple[float, str]] = {}
 
 
+def enabled_apps(allowed: Collection[str] | None = None) -> list[OAuthApp]:
+    """The enabled apps (only those in ``allowed``, when given), by name: what the person may pick from when a
+    link names no app (``shared.signin.flow``, the app chooser). One query of the apps table, or none with
+    this instance's listing cached (``shared.storage.tables.apps``: at most ``MC_AUTH_CACHE_SECONDS`` old)."""
+    apps = [a for a in app_table.list_apps(cached=True) if a.enabled and (allowed is None or a.id in allowed)]
+    return sorted(apps, key=lambda a: (a.name.casefold(), a.id))
+
+
 def resolve_app(app_id: str | None) -> OAuthApp:
-    """The enabled app a form names, or the only enabled app when it names none."""
+    """The enabled app a form names, or the only enabled app when it names none. From this instance's cache of
+    apps (``shared.storage.tables.apps``): a disabled or deleted app is refused everywhere within
+    ``MC_AUTH_CACHE_SECONDS``; with a warm cache no Table call."""
     if app_id:
         app = app_table.get_app(app_id)
         if app is None:
@@ -28,7 +39,7 @@ def resolve_app(app_id: str | None) -> OAuthApp:
         if not app.enabled:
             raise InvalidInput(f"the OAuth app {app_id!r} is disabled", field="type", code="app_disabled")
         return app
-    enabled = [a for a in app_table.list_apps() if a.enabled]
+    enabled = [a for a in app_table.list_apps(cached=True) if a.enabled]
     if len(enabled) == 1:
         return enabled[0]
     if not enabled:

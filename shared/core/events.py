@@ -12,6 +12,12 @@ Events (``event``; names as EmailEngine's where it has the event):
 ``accountAdded``
     A sign-in created a new account. ``data``: ``account``, ``name``, ``email``, ``delegated``, ``app``,
     ``signer`` (``upn``, ``tenant``).
+``accountInitialized``
+    EmailEngine sends it when a new account is ready to use (after its first sync); clients wait for it. This
+    service has no sync: an account is ready when its row commits, so the event is written in that same
+    transaction, after ``accountAdded`` (and after the sign-in's ``authenticationSuccess``, EmailEngine's order):
+    :func:`account_added_and_initialized`. ``data``: ``initialized: true`` (as EmailEngine), ``account``,
+    ``email``, ``delegated``.
 ``authenticationSuccess``
     A sign-in completed (new or existing account), or a credential works again. ``data``: ``user`` (the
     mailbox), ``state`` (``new``/``existing``, sign-ins only), ``reason`` (``signIn``: this account's
@@ -25,7 +31,9 @@ Events (``event``; names as EmailEngine's where it has the event):
 ``authenticationError``
     The account's credential stopped working; sent once per account, on the transition into
     ``authenticationError`` (not on every failed refresh). ``data``: ``user``, ``response`` (Microsoft's
-    error description), ``serverResponseCode`` (the OAuth error, e.g. ``invalid_grant``), ``signer``,
+    error description), ``serverResponseCode`` (EmailEngine's classification: ``OauthRenewError``, the token
+    could not be renewed), ``errorCode`` (Microsoft's OAuth error, e.g. ``invalid_grant``, or
+    ``credential_missing``: the account rows' and the token hand-off's field of the same name), ``signer``,
     ``accounts`` (every account of the same credential, all affected), and, added at delivery,
     ``reauthUrl``/``reauthExpires``: a sign-in link that repairs this account (see ``shared.webhooks.dispatcher``).
 ``accountDeleted``
@@ -42,7 +50,7 @@ Events (``event``; names as EmailEngine's where it has the event):
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Final, get_args
 
 from shared.schemas import EventType
@@ -54,11 +62,14 @@ from shared.storage.tables.records import utcnow
 log = logging.getLogger("mailbox_connect.events")
 
 ACCOUNT_ADDED: Final[EventType] = "accountAdded"
+ACCOUNT_INITIALIZED: Final[EventType] = "accountInitialized"
 AUTHENTICATION_SUCCESS: Final[EventType] = "authenticationSuccess"
 AUTHENTICATION_ERROR: Final[EventType] = "authenticationError"
 ACCOUNT_DELETED: Final[EventType] = "accountDeleted"
 MAILBOX_ACCESS_LOST: Final[EventType] = "mailboxAccessLost"
 EVENT_TYPES: tuple[EventType, ...] = get_args(EventType)
+# EmailEngine's serverResponseCode of a failed token renewal (the token hand-off's 403 has the same ``code``)
+OAUTH_RENEW_ERROR: Final = "OauthRenewError"
 
 
 def _event(kind: EventType, account_id: str, data: dict[str, Any]) -> EventRow:
@@ -74,6 +85,23 @@ def account_added(account: Account) -> EventRow:
         "account": account.account, "name": account.name, "email": account.email,
         "delegated": account.delegated, "app": account.appId, "signer": _signer(account),
     })
+
+
+def account_initialized(account: Account) -> EventRow:
+    return _event(ACCOUNT_INITIALIZED, account.account, {
+        "initialized": True, "account": account.account, "email": account.email, "delegated": account.delegated,
+    })
+
+
+def account_added_and_initialized(account: Account,
+                                  between: Callable[[], Sequence[EventRow]] = tuple) -> list[EventRow]:
+    """The events of a new account, to write in the transaction that inserts its row: ``accountAdded``, then
+    the events ``between()`` makes (a sign-in's ``authenticationSuccess``), then ``accountInitialized`` (the
+    account is usable once its row commits; see the module docstring). Every producer of a new account uses
+    this. ``between`` is called in the middle because event ids sort by creation: receivers order by them."""
+    added = account_added(account)
+    middle = list(between())
+    return [added, *middle, account_initialized(account)]
 
 
 def _principal(account: Account) -> dict[str, Any]:
@@ -103,8 +131,9 @@ def authentication_success(account: Account, *, reason: str, state: str | None =
 
 
 def authentication_error(account: Account, code: str, description: str, affected: Sequence[str]) -> EventRow:
+    """``code``: Microsoft's OAuth error (``errorCode``); ``serverResponseCode`` is EmailEngine's classification."""
     return _event(AUTHENTICATION_ERROR, account.account, {
-        "user": account.email, "response": description, "serverResponseCode": code,
+        "user": account.email, "response": description, "serverResponseCode": OAUTH_RENEW_ERROR, "errorCode": code,
         "delegated": account.delegated, "signer": _signer(account), "accounts": list(affected),
     })
 

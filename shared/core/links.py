@@ -5,6 +5,11 @@ nonce is recorded only when the link produces an account.
 
 The nonce is also the link's public id (``link`` in the form's answer and on the redirect back,
 ``GET /v1/links/{link}``): it is readable in the link's data anyway, and without the signature it opens nothing.
+
+A link names its OAuth app (``type``), except one made while several apps are enabled and the form named none
+(EmailEngine's ``type`` false or absent): the person then picks one at ``/accounts/new`` (the app chooser,
+``shared.signin.flow``), among the enabled apps or only those in the link's signed ``apps`` (the apps of the
+restricted API token that made it). The pick (``&app=``) is outside the signature and can select nothing else.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import json
 import secrets
 import time
+from collections.abc import Collection
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
@@ -19,7 +25,7 @@ from urllib.parse import urlencode
 from pydantic import ValidationError
 
 from shared.checks import InvalidRedirect, validate_redirect_url
-from shared.core.apps import resolve_app
+from shared.core.apps import enabled_apps, resolve_app
 from shared.errors import Conflict, InvalidInput
 from shared.schemas import FormResponse, LinkData
 from shared.settings import Settings
@@ -80,11 +86,14 @@ def build_link(settings: Settings, *, redirect_url: str, app_id: str | None, exp
                account: str | None = None, name: str | None = None, email: str | None = None,
                delegated: bool = False, expected_email: str | None = None,
                meta: dict[str, Any] | None = None, login_hint: str | None = None,
-               domain_hint: str | None = None) -> FormResponse:
+               domain_hint: str | None = None, allowed_apps: Collection[str] | None = None) -> FormResponse:
     """Validate the redirect URL and the lifetime, resolve the app, sign the link.
 
-    ``login_hint``/``domain_hint`` are only set by re-authentication links (the current signer, never a
-    shared mailbox). Errors name the request field (``redirectUrl``, ``expiresIn``, ``type``).
+    ``app_id`` None (EmailEngine's ``type`` false or absent): the only enabled app (of ``allowed_apps``, a
+    restricted API token's, when given); with several, the link names none and the person picks one at
+    ``/accounts/new`` (``shared.signin.flow``), among ``allowed_apps`` when given (signed into the link as
+    ``apps``). ``login_hint``/``domain_hint`` are only set by re-authentication links (the current signer,
+    never a shared mailbox). Errors name the request field (``redirectUrl``, ``expiresIn``, ``type``).
     """
     try:
         validate_redirect_url(redirect_url, settings.redirect_origins)
@@ -93,16 +102,36 @@ def build_link(settings: Settings, *, redirect_url: str, app_id: str | None, exp
     ttl = expires_in or settings.link_ttl_seconds
     if ttl > settings.link_max_ttl_seconds:
         raise InvalidInput(f"expiresIn: at most {settings.link_max_ttl_seconds} seconds", field="expiresIn")
-    app = resolve_app(app_id)
+    chosen, choices = _app_of_link(app_id, allowed_apps)
     now = int(time.time())
     link = LinkData(
         account=account, name=name, email=email, delegated=delegated,
-        redirectUrl=redirect_url, type=app.id, expectedEmail=expected_email, meta=meta or {},
+        redirectUrl=redirect_url, type=chosen, apps=choices, expectedEmail=expected_email, meta=meta or {},
         loginHint=login_hint, domainHint=domain_hint,
         nonce=new_nonce(), iat=now, exp=now + ttl,
     )
+    data, sig = encode(link, settings)
+    if len(data) > MAX_DATA_LENGTH:  # decode() refuses it: the person would get a link that never opens
+        raise InvalidInput(f"the link would carry more than {MAX_DATA_LENGTH} characters of data; send fewer or "
+                           "shorter values (path, subconnections, redirectUrl, name)", code="link_too_long")
     expires = datetime.fromtimestamp(link.exp, UTC).isoformat().replace("+00:00", "Z")
-    return FormResponse(url=link_url(link, settings), expires=expires, link=link.nonce)
+    url = f"{settings.public_url}/accounts/new?{urlencode({'data': data, 'sig': sig})}"
+    return FormResponse(url=url, expires=expires, link=link.nonce)
+
+
+def _app_of_link(app_id: str | None, allowed: Collection[str] | None) -> tuple[str | None, list[str] | None]:
+    """(``type``, ``apps``) of a new link: the named app (enabled), else the only enabled one (of ``allowed``),
+    else (None, the allowed apps or None for every enabled app): the person picks at ``/accounts/new``."""
+    if app_id:
+        return resolve_app(app_id).id, None
+    enabled = enabled_apps(allowed)
+    if len(enabled) == 1:
+        return enabled[0].id, None
+    if not enabled:
+        message = ("no OAuth app is configured; register one first" if allowed is None
+                   else "none of this API token's OAuth apps is enabled")
+        raise InvalidInput(message, field="type", code="no_app")
+    return None, None if allowed is None else sorted(allowed)
 
 
 def reauth_link_for(account: Account, redirect_url: str, expires_in: int | None, settings: Settings) -> FormResponse:

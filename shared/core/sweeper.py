@@ -20,6 +20,9 @@ The timer function ``storage_sweeper`` (every 10 minutes, ``shared.web.blueprint
    the flow TTL ago. A credential no account points at is deleted: its leftover index rows, the row (under
    the ETag it was read with) and its secret. Index rows whose account is gone or points at another
    credential are deleted too (they would keep the credential alive for ever).
+5. **Account counts**: compares up to ``MAX_COUNTED_PER_RUN`` accounts (resuming after the last one, per process)
+   with the rows that count them (``shared.storage.tables.accounts.reconcile_counts``) and syncs those that
+   disagree: a sync lost to a crash or an outage, or accounts written before counts existed.
 
 Races with a sign-in in progress (../shared/DESIGN.md invariant 4: the account row is the truth)
     Only credentials written longer ago than the flow TTL are touched: a sign-in rewrites the credential row
@@ -27,8 +30,8 @@ Races with a sign-in in progress (../shared/DESIGN.md invariant 4: the account r
     credential row is read again; if a sign-in rewrote it meanwhile, the removed rows are written back and
     nothing else happens. The row is deleted under its ETag, then the secret, as ``shared.signin.flow.unbind``
     does; the same few-millisecond window remains (a sign-in of the same signer rewriting row and secret
-    between those two deletes), with the same outcome: the account answers ``409 reauthentication_required``
-    and one more sign-in repairs it.
+    between those two deletes), with the same outcome: the account answers ``403 OauthRenewError``
+    (``authenticationFailed: true``) and one more sign-in repairs it.
 
 Limits
     A claim that produced its account but could not record its completion (``links.complete`` is best
@@ -53,16 +56,17 @@ from shared.settings import Settings
 from shared.storage.errors import StorageUnavailable
 from shared.storage.secrets.base import SecretStoreUnavailable
 from shared.storage.secrets.factory import get_secret_store
-from shared.storage.tables import accounts, flows, links, principals
+from shared.storage.tables import accounts, apps, flows, links, principals
 from shared.storage.tables.principals import Credential, IndexRow
 from shared.storage.tables.records import utcnow
 
 log = logging.getLogger("mailbox_connect.sweeper")
 RUN_BUDGET = 90.0  # seconds of one run: well inside host.json functionTimeout (2 min)
 MAX_CREDENTIALS_PER_RUN = 500  # credentials checked per run by the scan (step 4)
+MAX_COUNTED_PER_RUN = 5000  # accounts compared with their count rows per run (step 5)
 SECRET_PREFIX = "rt-"  # shared.signin.flow.credential_secret_name (a test keeps the two equal)
 
-_bookmarks: dict[str, str] = {}  # per principals table: where the credential scan resumes (per process)
+_bookmarks: dict[str, str] = {}  # per table: where the credential scan or the count check resumes (per process)
 
 
 class _OutOfTime(Exception):
@@ -77,6 +81,8 @@ class SweepReport:
     credentials: int = 0  # unreferenced credentials deleted (row and secret)
     index_rows: int = 0  # leftover index rows deleted
     checked: int = 0  # credentials the scan looked at
+    counted: int = 0  # accounts compared with their count rows
+    recounted: int = 0  # accounts whose count was wrong and was synced
     stopped: str | None = None  # why the run stopped early
 
     def as_dict(self) -> dict:
@@ -116,12 +122,25 @@ def run_sweeper(settings: Settings, *, clock: Callable[[], datetime] = utcnow, b
             in_time()
             report.links += links.delete_row(nonce, etag)
         _scan_credentials(cutoff, settings, report, max_credentials, in_time)
+        in_time()
+        _reconcile_counts(settings, report)
     except _OutOfTime:
         report.stopped = "time"
     except (StorageUnavailable, SecretStoreUnavailable) as exc:
         report.stopped = f"unavailable ({type(exc).__name__})"
     log.info("sweeper: %s", report.as_dict())
     return report
+
+
+def _reconcile_counts(settings: Settings, report: SweepReport) -> None:
+    key = settings.table_name(accounts.TABLE)
+    start = _bookmarks.get(key, "")
+    checked, synced, end = accounts.reconcile_counts(start, MAX_COUNTED_PER_RUN, [a.id for a in apps.list_apps()])
+    report.counted, report.recounted = checked, synced
+    if end is None:
+        _bookmarks.pop(key, None)  # the end of the table: the next run starts from the beginning
+    else:
+        _bookmarks[key] = end
 
 
 def _scan_credentials(cutoff: datetime, settings: Settings, report: SweepReport, max_credentials: int,

@@ -1,7 +1,10 @@
 """Access-token hand-off: ``GET /v1/account/{account}/oauth-token`` (EmailEngine's endpoint, extended).
 
-The app asks for a fresh access token for one mailbox and gets, besides the token, what it needs to use it
-for that mailbox (IMAP/SMTP login names and hosts, the Graph base URL). The refresh token never leaves the
+The app asks for a fresh access token for one mailbox and gets EmailEngine's fields (``account``, ``user``: the
+signer's UPN, also for a shared mailbox, as EmailEngine's ``oauth2.auth.user``; ``provider``, ``app``,
+``accessToken``, ``registeredScopes``, ``expires`` with milliseconds, ``cached``: true when the token came from
+this process's cache) and, beside them, what it needs to use the token for that mailbox (the ``imap``/``smtp``
+login names and hosts, the ``graph`` base URL). The refresh token never leaves the
 secret store's side of this module: it is read, handed to MSAL, and the newest one written back; it is
 never cached in memory, logged, or put in a response or an error.
 
@@ -26,22 +29,23 @@ Refresh-token rotation
     rotation write is logged and the request still succeeds: the stored token is still valid and the next
     refresh tries again.
 
-Re-authentication (status **409**, ``{"error": "reauthentication_required", ...}``)
+Re-authentication (status **403**, ``code: "OauthRenewError"``, ``authenticationFailed: true``)
     ``invalid_grant``, ``interaction_required`` or ``consent_required`` from the refresh, or a credential
     whose row or secret is gone, mean only the user can fix it by signing in again. Every account of the
     credential is marked ``state="authenticationError"`` with ``errorCode``, ``errorDescription``,
     ``errorAt`` (ETag-conditioned, retried on conflict; an account already marked with the same code keeps
-    its first ``errorAt``) and the answer is 409 Conflict: the request conflicts with the account's
-    current state, and the app can resolve it (a new sign-in link for that account) and retry. Not 401/403:
-    those are about the API token, and an app must not conclude its own token is bad. The body carries
-    ``account``, ``state``, ``errorCode`` (Microsoft's OAuth error) and ``errorDescription``.
+    its first ``errorAt``) and the answer is EmailEngine's: 403 with ``code: "OauthRenewError"`` and
+    ``authenticationFailed: true`` (what EmailEngine clients look for; a 403 of a token lacking the ``api``
+    scope has ``code: "forbidden"`` instead, so an app can tell the two apart). The body also carries
+    ``account``, ``state`` (``authenticationError``), ``errorCode`` (Microsoft's OAuth error, or
+    ``credential_missing``) and ``errorDescription``.
     Before marking, the credential row is read again: if a sign-in rewrote it meanwhile, the refresh is
     retried once with the new token instead, so a race with a sign-in does not mark a repaired account.
 
 Accounts already in ``authenticationError``
     Still tried (users sometimes fix the cause, e.g. an MFA or consent problem, without signing in here),
     but at most once per ``RETRY_BROKEN_AFTER`` seconds per credential and process: a failure is
-    remembered with the credential row's ETag, and until it expires the answer is 409 without calling
+    remembered with the credential row's ETag, and until it expires the answer is that 403 without calling
     Microsoft, unless the row changed (a new sign-in wrote a new token), which retries at once. The
     in-memory access-token cache is not used for such an account. A success flips every account of the
     credential back to ``connected`` (:func:`mark_connected`, which the sign-in calls too).
@@ -55,10 +59,14 @@ Webhooks and the keep-alive
 Other answers
     Unknown account: 404 ``not_found``; a malformed id: 400. Transient failures (Microsoft 5xx or
     unreachable, secret store throttled or unavailable, Table Storage transient) answer 503 with
-    ``Retry-After`` and change no state. Microsoft refusing the app itself (``invalid_client``, after one
-    retry with a re-read client secret; ``unauthorized_client``, ``invalid_scope``, ...): 502
-    ``token_refused`` with Microsoft's ``errorCode``; accounts are not marked, re-authentication would not
-    help. An account whose OAuth app was deleted: 409 ``app_unavailable``. A disabled app still hands out
+    ``Retry-After`` and change no state (EmailEngine's endpoint answers 403 ``OauthRenewError`` to those too;
+    a 503 tells the app to retry, not to send the user to sign in again). Microsoft refusing the app itself
+    (``invalid_client``, after one retry with a re-read client secret; ``unauthorized_client``,
+    ``invalid_scope``, ...): also 403
+    ``OauthRenewError`` (EmailEngine answers every failed renewal so, and its clients branch on that code), but
+    with ``authenticationFailed: false`` and Microsoft's ``errorCode``: the accounts are not marked, a new
+    sign-in would not help, the app's administrator must fix the OAuth app. An account whose OAuth app was
+    deleted: 409 ``app_unavailable``. A disabled app still hands out
     tokens for the accounts it already has (disabling stops new sign-ins; delete the app to stop hand-off).
 """
 
@@ -79,7 +87,7 @@ from shared.clouds import CLOUDS, RESERVED_SCOPES, scopes_for
 from shared.core import account_state
 from shared.core.access import Caller
 from shared.core.apps import client_secret, forget_client_secret
-from shared.errors import BadGateway, Conflict, unavailable
+from shared.errors import Conflict, TokenRenewalFailed, unavailable
 from shared.microsoft import identity
 from shared.microsoft.identity import IdentityError, IdentityUnavailable
 from shared.schemas import GraphSettings, ImapSettings, OAuthTokenResponse, SmtpSettings
@@ -106,32 +114,52 @@ _OIDC = frozenset(RESERVED_SCOPES) | {"email"}
 
 # --- errors -------------------------------------------------------------------------------------------
 
-class ReauthenticationRequired(Conflict):
-    """409: only a new sign-in of the user can repair the account's credential."""
+class OauthRenewError(TokenRenewalFailed):
+    """403 ``OauthRenewError`` (EmailEngine's answer when the access token cannot be renewed).
 
-    def __init__(self, account_id: str, code: str, description: str) -> None:
-        super().__init__("reauthentication_required",
-                         "the mailbox's Microsoft sign-in is no longer valid; send the user through a new sign-in "
-                         "link for this account (POST /v1/authentication/form with this account id), then retry")
+    Besides the envelope (``shared.errors``): ``authenticationFailed`` (EmailEngine's flag: true when only a new
+    sign-in of the user repairs it), ``account``, ``errorCode`` (Microsoft's OAuth error, or
+    ``credential_missing``) and ``errorDescription`` (Microsoft's text).
+    """
+
+    authentication_failed = True
+
+    def __init__(self, account_id: str, code: str, description: str, message: str) -> None:
+        super().__init__(message)
         self.account = account_id
         self.error_code = code
         self.error_description = description
 
-    def body(self) -> dict[str, str]:
-        return {**super().body(), "account": self.account, "state": AUTH_ERROR,
+    def body(self) -> dict[str, Any]:
+        return {**super().body(), "authenticationFailed": self.authentication_failed, "account": self.account,
                 "errorCode": self.error_code, "errorDescription": self.error_description}
 
 
-class TokenRefused(BadGateway):
-    """502: Microsoft refused the token request for a reason a new sign-in does not fix (app configuration)."""
+class ReauthenticationRequired(OauthRenewError):
+    """403 ``OauthRenewError``, ``authenticationFailed: true``: only a new sign-in of the user repairs the
+    account's credential; the body also says ``state: authenticationError``."""
 
     def __init__(self, account_id: str, code: str, description: str) -> None:
-        super().__init__("token_refused", f"Microsoft refused the token request ({code}): {description}")
-        self.account = account_id
-        self.error_code = code
+        super().__init__(account_id, code, description,
+                         "Failed to renew the access token: the mailbox's Microsoft sign-in is no longer valid; send "
+                         "the user through a new sign-in link for this account (POST /v1/account/{account}/reauth, "
+                         "or POST /v1/authentication/form with this account id), then retry")
 
-    def body(self) -> dict[str, str]:
-        return {**super().body(), "account": self.account, "errorCode": self.error_code}
+    def body(self) -> dict[str, Any]:
+        return {**super().body(), "state": AUTH_ERROR}
+
+
+class TokenRefused(OauthRenewError):
+    """403 ``OauthRenewError``, ``authenticationFailed: false``: Microsoft refused the token request for a reason
+    a new sign-in does not fix (the OAuth app's configuration: ``invalid_client``, ``invalid_scope``, ...); the
+    accounts are not marked."""
+
+    authentication_failed = False
+
+    def __init__(self, account_id: str, code: str, description: str) -> None:
+        super().__init__(account_id, code, description,
+                         f"Failed to renew the access token: Microsoft refused the OAuth app's token request "
+                         f"({code}): {description}; an administrator must fix the app, a new sign-in does not help")
 
 
 # --- in-process caches --------------------------------------------------------------------------------
@@ -253,17 +281,17 @@ def hand_off(account_id: str, settings: Settings, *, caller: Caller) -> OAuthTok
     if account.state == CONNECTED:
         hit = _cached(key, time.time())
         if hit is not None:
-            return _response(account, app, hit, settings)
+            return _response(account, app, hit, settings, cached=True)
     with _locks.hold(account.credentialId, LOCK_WAIT):
         if account.state == CONNECTED:
             hit = _cached(key, time.time())  # another request refreshed while this one waited
             if hit is not None:
-                return _response(account, app, hit, settings)
+                return _response(account, app, hit, settings, cached=True)
         token = _refresh(account, app, scopes, settings)
         _remember(key, token, time.time())
     if account.state != CONNECTED:
         mark_connected(account.credentialId)
-    return _response(account, app, token, settings)
+    return _response(account, app, token, settings, cached=False)
 
 
 def keep_alive(credential: Credential, settings: Settings) -> str:
@@ -293,6 +321,24 @@ def keep_alive(credential: Credential, settings: Settings) -> str:
     if account.state != CONNECTED:
         mark_connected(credential.credentialId)
     return "refreshed"
+
+
+def access_token_for(source: Account, app: OAuthApp, scopes: list[str], settings: Settings) -> str:
+    """An access token of ``source``'s credential for ``scopes`` (``POST /v1/account`` with ``delegatedAccount``
+    checks another mailbox with it): the hand-off's cache, lock, refresh and rotation, and its failures
+    (``ReauthenticationRequired`` marks the credential's accounts, as a token request of ``source`` would).
+    Ask only for scopes the credential was granted: a scope never consented to fails like a revoked grant."""
+    key = (source.credentialId, frozenset(scopes))
+    hit = _cached(key, time.time()) if source.state == CONNECTED else None
+    if hit is None:
+        with _locks.hold(source.credentialId, LOCK_WAIT):
+            hit = _cached(key, time.time()) if source.state == CONNECTED else None
+            if hit is None:
+                hit = _refresh(source, app, scopes, settings)
+                _remember(key, hit, time.time())
+        if source.state != CONNECTED:
+            mark_connected(source.credentialId)
+    return hit.access_token
 
 
 def token_scopes(app: OAuthApp, account: Account) -> list[str]:
@@ -363,12 +409,12 @@ def _redeem(app: OAuthApp, settings: Settings, refresh_token: str, scopes: list[
 
 def _reauthentication(account: Account, cred_id: str, etag: str | None, code: str,
                       description: str) -> ReauthenticationRequired:
-    """Mark the credential's accounts, remember the failure, and build the 409 for the caller."""
+    """Mark the credential's accounts, remember the failure, and build the 403 for the caller."""
     _forget_credential(cred_id)
     try:
         account_state.mark_reauthentication_required(cred_id, code, description, also=(account.account,))
         etag = _etag_after_flag(cred_id, etag)
-    except Exception as exc:  # noqa: BLE001 - the 409 is still the right answer; the next request marks again
+    except Exception as exc:  # noqa: BLE001 - the 403 is still the right answer; the next request marks again
         log.warning("could not mark the accounts of credential %s: %s", cred_id, type(exc).__name__)
     else:
         _remember_failure(cred_id, _Failure(time.monotonic(), etag, code, description))
@@ -433,17 +479,22 @@ def mark_connected(credential_id: str) -> int:
 
 # --- rendering ----------------------------------------------------------------------------------------
 
-def _response(account: Account, app: OAuthApp, token: _Cached, settings: Settings) -> OAuthTokenResponse:
+def _response(account: Account, app: OAuthApp, token: _Cached, settings: Settings, *,
+              cached: bool) -> OAuthTokenResponse:
+    """EmailEngine's fields (``user`` = the signer, also for a shared mailbox; ``expires`` with milliseconds;
+    ``cached``: from this process's cache, no call to Microsoft) beside the protocol-aware blocks."""
     cloud = CLOUDS[app.cloud]
     graph = (settings.graph_url or cloud.graph_url).rstrip("/")
     mailbox = account.email
     base_url = f"{graph}/v1.0/users/{quote(mailbox, safe='@')}" if account.delegated else f"{graph}/v1.0/me"
-    expires = datetime.fromtimestamp(token.expires_at, UTC).replace(microsecond=0)
+    expires = datetime.fromtimestamp(token.expires_at, UTC).isoformat(timespec="milliseconds")
     return OAuthTokenResponse(
         account=account.account,
-        user=mailbox,
+        user=account.signerUpn,
         accessToken=token.access_token,
-        expires=expires.isoformat().replace("+00:00", "Z"),
+        expires=expires.replace("+00:00", "Z"),
+        cached=cached,
+        app=app.id,
         scopes=list(token.scopes),
         registeredScopes=list(token.scopes),
         provider=app.provider,

@@ -66,8 +66,9 @@ Who a mailbox belongs to (issue 12, points 1-3; the README's "Trust rules" says 
     marks accounts ``accessCheck: "off"`` and makes re-binding to another signer impossible (delete the
     account and connect it again).
 
-Webhook events (``shared.core.events``): the account row is written together with ``accountAdded`` and
-``authenticationSuccess`` (new account) or ``authenticationSuccess`` (existing) in one transaction; the
+Webhook events (``shared.core.events``): the account row is written together with ``accountAdded``,
+``authenticationSuccess`` and ``accountInitialized`` (new account: ``events.account_added_and_initialized``) or
+``authenticationSuccess`` (existing) in one transaction; the
 accounts flipped back to ``connected`` get ``authenticationSuccess`` with ``reason: credentialRepaired``.
 The account's ``meta.redirectUrl`` keeps the link's redirectUrl, for the re-authentication link of a
 later ``authenticationError`` webhook (unless ``MC_REAUTH_REDIRECT_URL`` is set).
@@ -86,6 +87,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, NamedTuple
+from urllib.parse import urlencode
 
 from pydantic import ValidationError
 
@@ -93,7 +95,7 @@ from shared.checks import with_query
 from shared.clouds import scopes_for
 from shared.core import events
 from shared.core import links as linkcodec
-from shared.core.apps import client_secret, forget_client_secret
+from shared.core.apps import client_secret, enabled_apps, forget_client_secret
 from shared.errors import Busy, is_transient
 from shared.microsoft.access_check import (
     DENIED,
@@ -115,6 +117,7 @@ from shared.microsoft.identity import (
 )
 from shared.schemas import AccessCheck, LinkData
 from shared.settings import Settings
+from shared.signin.pages import Choice
 from shared.storage.secrets.base import SecretStoreUnavailable
 from shared.storage.secrets.factory import get_secret_store
 from shared.storage.tables import accounts, apps, flows, links, principals
@@ -194,8 +197,12 @@ def _digest(value: str) -> str:
 
 # --- GET /accounts/new --------------------------------------------------------------------------------
 
-def start(data: str | None, sig: str | None, settings: Settings) -> Redirect:
-    """Verify the link, start MSAL's auth-code flow, store it, bind it to this browser."""
+def start(data: str | None, sig: str | None, settings: Settings, choice: str | None = None) -> Redirect | Chooser:
+    """Verify the link, start MSAL's auth-code flow, store it, bind it to this browser.
+
+    A link that names no OAuth app (EmailEngine's ``type`` false or absent while several apps are enabled)
+    first needs the person's pick (``_pick_app``): the chooser page, whose options open this same link with
+    ``&app=<id>`` (``choice``)."""
     try:
         link = linkcodec.decode(data, sig, settings)
     except linkcodec.LinkError as exc:
@@ -203,8 +210,18 @@ def start(data: str | None, sig: str | None, settings: Settings) -> Redirect:
     mailbox = link.email
     if links.is_used(link.nonce):
         raise HostedError("link_used", mailbox=mailbox)
+    app_id = link.type
+    if app_id is None:
+        assert data is not None and sig is not None  # decode() verified them
+        picked = _pick_app(link, data, sig, choice, settings)
+        if isinstance(picked, Chooser):
+            return picked
+        if picked is None:
+            return _to_app(link, "app_unavailable", "none of the OAuth apps this link may use is enabled")
+        app_id = picked
+        link = link.model_copy(update={"type": picked})  # the flow (and a retry link) carries the pick
     try:
-        app = apps.get_app(link.type)
+        app = apps.get_app(app_id)
         if app is None or not app.enabled:
             raise AppError("app_unavailable", "the OAuth app of this link is no longer available")
         scopes = scopes_for(app.cloud, app.baseScopes, delegated=link.delegated, extra=tuple(app.extraScopes))
@@ -223,6 +240,43 @@ def start(data: str | None, sig: str | None, settings: Settings) -> Redirect:
     ))
     cookie = _cookie(_cookie_name(flow["state"]), binding, settings.flow_ttl_seconds, settings)
     return Redirect(flow["auth_uri"], [cookie])
+
+
+@dataclass
+class Chooser:
+    """The answer of ``/accounts/new`` for a link that names no OAuth app while several may be used: the hosted
+    page where the person picks one (``pages.chooser``, sent by ``shared.web.blueprints.hosted``)."""
+
+    choices: list[Choice]
+    mailbox: str | None = None
+    stale: bool = False  # the URL named an app that is not (or no longer) one of the choices
+
+
+def _pick_app(link: LinkData, data: str, sig: str, choice: str | None, settings: Settings) -> str | Chooser | None:
+    """The app of a link that names none (EmailEngine's app selection), or the page to pick it, or None when no
+    app may be used any more.
+
+    The candidates are the enabled apps, only those the link was limited to (``apps``: the OAuth apps of the
+    restricted API token that made it) when it says so. Each option of the page opens this same signed link
+    with ``&app=<id>``; ``app`` is only ever compared with the candidates, so the person can pick among them
+    and change nothing else (the rest is under the signature). One candidate: no page. A link naming an
+    existing account of a candidate app goes straight to that app (another would only end in
+    ``app_mismatch``)."""
+    candidates = enabled_apps(link.apps)
+    ids = [app.id for app in candidates]
+    if not candidates:
+        return None
+    if len(candidates) == 1:
+        return ids[0]
+    if link.account:
+        existing = accounts.get_account(link.account)
+        if existing is not None and existing.appId in ids:
+            return existing.appId
+    if choice in ids:
+        return choice
+    base = f"{settings.public_url}/accounts/new?"
+    return Chooser([Choice(app.name, app.cloud, base + urlencode({"data": data, "sig": sig, "app": app.id}))
+                    for app in candidates], mailbox=link.email, stale=bool(choice))
 
 
 # --- GET /oauth ---------------------------------------------------------------------------------------
@@ -282,6 +336,9 @@ def _retry_url(link: LinkData, settings: Settings) -> str | None:
 
 
 def _to_app(link: LinkData, code: str, description: str, account: str | None = None) -> Redirect:
+    """Back to the app with an error. EmailEngine keeps the person on its own page instead; apps need to know
+    (README, "Back to the app"). Like the success redirect, it keeps redirectUrl's own query and ``#fragment``
+    (``with_query``)."""
     params = {"error": code, "error_description": description}
     target = account or link.account
     if target:
@@ -654,17 +711,17 @@ def _commit_account(account: Account, proof: _Proof | None = None,
     undoes its writes). An address pinned by ``expectedEmail`` is kept; an earlier positive access check of
     the same signer and mailbox is kept when this one could not run.
 
-    The sign-in's events (``accountAdded`` + ``authenticationSuccess``, or ``authenticationSuccess``, which
-    reports a change of signer) are written in the same transaction as the row (``shared.core.events``),
-    then published.
+    The sign-in's events (``accountAdded`` + ``authenticationSuccess`` + ``accountInitialized``, or
+    ``authenticationSuccess``, which reports a change of signer) are written in the same transaction as the
+    row (``shared.core.events``), then published.
     """
     proven = proof or _Proof(account.email, {"ok": "ok", "off": "off"}.get(account.access_status, "skipped"),
                              account.signerUpn, frozenset({account.signerUpn.lower()}), "row")
 
     def change(current: Account | None) -> _Commit:
         if current is None:  # no row (yet): insert ours
-            return _Commit("new", account, [events.account_added(account),
-                                            events.authentication_success(account, reason="signIn", state="new")])
+            return _Commit("new", account, events.account_added_and_initialized(
+                account, lambda: [events.authentication_success(account, reason="signIn", state="new")]))
         refusal = _rebind_refusal(current, account, proven)
         if refusal is not None:
             _log_refusal(current, account, refusal)

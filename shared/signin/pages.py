@@ -16,8 +16,10 @@ Kinds: ``link_invalid``, ``link_expired``, ``link_used``, ``session_unknown``, `
 ``browser_mismatch``, ``unavailable``, ``signin_cancelled``, ``mailbox_access_denied``,
 ``mailbox_not_found``, ``email_mismatch``, ``app_unavailable``, ``microsoft_error``, ``error``.
 
-There is no app chooser page: when several OAuth apps are enabled, the form API requires ``type``, so
-every link names its app.
+``chooser(choices, mailbox=, stale=)`` is the one page that is not an error (200): a link that names no OAuth
+app while several are enabled (EmailEngine's ``type`` false or absent) lets the person pick one, as
+EmailEngine's hosted form does. Each choice is a plain link (no form, no script) to the same signed link with
+``&app=<id>``; ``shared.signin.flow`` decides what the choices are and accepts only those.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import logging
 import re
 from dataclasses import dataclass
 from html import escape
+from typing import NamedTuple
 
 log = logging.getLogger("mailbox_connect.pages")
 
@@ -169,6 +172,40 @@ def render(kind: str, *, mailbox: str | None = None, retry_url: str | None = Non
     return _layout(text.title, "\n".join(parts))
 
 
+class Choice(NamedTuple):
+    """One option of the app chooser: the OAuth app's name, its cloud and the URL that picks it."""
+
+    name: str
+    cloud: str
+    url: str
+
+
+CLOUD_LABELS = {"global": "Microsoft 365", "gcc-high": "Microsoft 365 GCC High", "dod": "Microsoft 365 DoD",
+                "china": "Microsoft 365 operated by 21Vianet"}
+
+
+def chooser(choices: list[Choice], *, mailbox: str | None = None, stale: bool = False) -> str:
+    """The app chooser (module docstring), HTTP 200. ``stale``: the person's pick is no longer available."""
+    parts = []
+    if stale:
+        parts.append('<p class="detail">The sign-in you picked is not available any more. Please pick again.</p>')
+    parts.append("<p>This app can connect mailboxes through more than one Microsoft sign-in. Pick the one for "
+                 "your organisation; if you are not sure, ask the app that sent you here or your IT "
+                 "administrator.</p>")
+    if mailbox:
+        parts.append(f'<p class="mailbox">Mailbox: <strong>{escape(mailbox)}</strong></p>')
+    items = []
+    for choice in choices:
+        url = _safe_url(choice.url)
+        if url is None:
+            continue
+        cloud = CLOUD_LABELS.get(choice.cloud, choice.cloud)
+        items.append(f'<li><a class="button" href="{escape(url, quote=True)}">{escape(choice.name)}'
+                     f'<span class="cloud">{escape(cloud)}</span></a></li>')
+    parts.append('<ul class="choices">\n' + "\n".join(items) + "\n</ul>")
+    return _layout("Choose how to sign in", "\n".join(parts))
+
+
 def _layout(title: str, content: str) -> str:
     return f"""<!doctype html>
 <html lang="en">
@@ -191,6 +228,9 @@ a.button{{display:inline-block;margin-top:.5rem;padding:.55rem 1.1rem;background
   text-decoration:none;font-weight:600}}
 a.button:hover{{background:#0b4a9c}}
 a.button:focus-visible{{outline:3px solid #f5a623;outline-offset:2px}}
+ul.choices{{list-style:none;margin:1rem 0 0;padding:0}}
+ul.choices a.button{{display:block;margin:.5rem 0;overflow-wrap:anywhere}}
+.cloud{{display:block;font-size:.85rem;font-weight:400;opacity:.85}}
 @media (prefers-color-scheme:dark){{body{{background:#15181d;color:#e6e9ee}} main{{background:#1f242b;box-shadow:none}}
   .mailbox{{background:#2a313a}} .detail{{color:#b3bac4}}}}
 @media (max-width:36rem){{main{{margin:0;border-radius:0;box-shadow:none;min-height:100vh}}}}

@@ -1,6 +1,12 @@
-"""API authentication: ``Authorization: Bearer <api token>``, checked against stored hashes on every call.
+"""API authentication: ``Authorization: Bearer <api token>``, checked against the stored hashes.
 
-A ``mcb_`` token is the one-time admin bootstrap of a private deployment (:mod:`shared.admin.bootstrap`).
+Tokens are verified from an instance-local cache (``shared.storage.tables.apitokens.find_token``): a revoked
+token stops working on every instance within ``MC_AUTH_CACHE_SECONDS`` (default 5; 0: a point read per call),
+at once on the instance that revoked it. A flood of made-up tokens is answered 503 with ``Retry-After``
+beyond a per-instance budget of Table reads, so it cannot overload the token table every instance reads.
+
+A ``mcb_`` token is the one-time admin bootstrap of a private deployment (:mod:`shared.admin.bootstrap`, with
+its own caches).
 
 :func:`require_token` (run by ``shared.web.http.call_api`` before the handler) keeps the token it accepted on
 the request; the handler gets the :class:`shared.core.access.Caller` from :func:`caller_of` and passes it to
@@ -14,13 +20,12 @@ from typing import TYPE_CHECKING
 
 import azure.functions as func
 
-from shared.errors import Forbidden, Unauthorized
-from shared.storage.tables.apitokens import BOOTSTRAP_PREFIX, ApiToken, find_token
+from shared.errors import Busy, Forbidden, Unauthorized
+from shared.storage.tables.apitokens import BOOTSTRAP_PREFIX, ApiToken, LookupsExhausted, find_token
+from shared.web.logs import TOKEN_ATTRIBUTE as _TOKEN_ATTRIBUTE  # the accepted token record, kept on the request
 
 if TYPE_CHECKING:  # pragma: no cover
     from shared.core.access import Caller
-
-_TOKEN_ATTRIBUTE = "_mailbox_connect_token"  # the accepted token record, kept on the request object
 
 
 def require_token(req: func.HttpRequest, scope: str = "api") -> ApiToken:
@@ -35,7 +40,11 @@ def require_token(req: func.HttpRequest, scope: str = "api") -> ApiToken:
 
         record = authenticate(token)
     else:
-        record = find_token(token)
+        try:
+            record = find_token(token)
+        except LookupsExhausted as exc:
+            raise Busy("too many requests with unknown API tokens; retry shortly",
+                       retry_after=exc.retry_after) from None
     if record is None:
         raise Unauthorized("the API token is not valid or was revoked",
                            headers={"WWW-Authenticate": 'Bearer realm="mailbox-connect", error="invalid_token"'})

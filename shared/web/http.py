@@ -125,15 +125,23 @@ def validate(model: type[M], data: Any) -> M:
 
 
 def validation_error(exc: ValidationError) -> ApiError:
-    first = exc.errors(include_url=False, include_input=False)[0]
-    field = ".".join(str(p) for p in first.get("loc", ()) if p != "__root__") or None
-    if field is None and first.get("type") == "invalid_text":  # a model-level check that names the field
-        field = str((first.get("ctx") or {}).get("field") or "") or None
-        return InvalidInput(first.get("msg", "invalid text"), field=field, code="invalid_text")
-    if first.get("type") == "extra_forbidden":
-        return InvalidInput(f"unknown field: {field}", field=field, code="unknown_field")
-    message = first.get("msg", "invalid value").removeprefix("Value error, ")
-    return InvalidInput(f"{field}: {message}" if field else message, field=field)
+    """A 400 naming the first invalid field (``code``, ``message``, ``field``) and listing every one (``fields``)."""
+    found = [_invalid(e) for e in exc.errors(include_url=False, include_input=False)]
+    code, message, field = found[0]
+    fields = [{"message": m, "key": f} for _, m, f in found if f] or None
+    return InvalidInput(message, field=field, code=code, fields=fields)
+
+
+def _invalid(error: Any) -> tuple[str, str, str | None]:
+    """(code, message, field) of one pydantic error."""
+    field = ".".join(str(p) for p in error.get("loc", ()) if p != "__root__") or None
+    if field is None and error.get("type") == "invalid_text":  # a model-level check that names the field
+        field = str((error.get("ctx") or {}).get("field") or "") or None
+        return "invalid_text", error.get("msg", "invalid text"), field
+    if error.get("type") == "extra_forbidden":
+        return "unknown_field", f"unknown field: {field}", field
+    message = error.get("msg", "invalid value").removeprefix("Value error, ")
+    return "invalid_input", f"{field}: {message}" if field else message, field
 
 
 def call_api(fn: Callable[[func.HttpRequest], func.HttpResponse], req: func.HttpRequest,

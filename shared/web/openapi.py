@@ -77,17 +77,33 @@ OPERATIONS: tuple[Operation, ...] = (
                           "redirect's `account` (and `state`) against the link it made for this user instead of "
                           "trusting the URL. 404 when the link is unknown, did not (yet) produce an account, or "
                           "its account is outside the token's restriction. Kept at least a day after the sign-in."),
-    Operation("GET", "/v1/accounts", "listAccounts", "List accounts (cursor paging)", "accounts", "api",
+    Operation("GET", "/v1/accounts", "listAccounts", "List accounts (numbered pages or a cursor)", "accounts", "api",
               m.AccountList, query=m.AccountListQuery, errors=(400,),
-              description="A page may hold fewer than `pageSize` accounts while `nextCursor` is set; only "
-                          "`nextCursor: null` ends the listing."),
+              description="Without `cursor`: EmailEngine's numbered page `page` (0-based) with `total`, `page` and "
+                          "`pages` (a page starts at most 50,000 accounts in: 400 `page_too_deep`; `query` searches "
+                          "at most 50,000: 400 `query_too_broad`). Every answer has `nextCursor`: pass it as "
+                          "`cursor` to go on (no count, no limit); a cursor page may hold fewer than `pageSize` "
+                          "accounts while `nextCursor` is set, only `nextCursor: null` ends the listing."),
+    Operation("POST", "/v1/account", "createDelegatedAccount",
+              "Connect a shared mailbox with the sign-in of an existing account", "accounts", "api",
+              m.AccountCreated, request=m.AccountCreate, errors=(400, 404, 409, 413, 415),
+              description="EmailEngine's `oauth2.auth.delegatedAccount`: no new sign-in. The mailbox access check "
+                          "must prove, with a fresh token of that account's credential, that its signer opens "
+                          "`oauth2.auth.delegatedUser`: 403 `mailbox_access_denied`/`mailbox_not_found` when it "
+                          "refuses, 503 `access_not_proven` when it cannot run (409 when checks are off). 404: "
+                          "`delegatedAccount` unknown (or outside the token's restriction); 409: an existing "
+                          "account of that id may not move to this signer (the sign-in's codes), or "
+                          "`consent_required`; 403 `OauthRenewError`: the credential no longer renews."),
     Operation("GET", "/v1/account/{account}", "getAccount", "Read an account", "accounts", "api",
               m.AccountInfo, errors=(400, 404)),
-    Operation("PUT", "/v1/account/{account}", "updateAccount", "Rename an account", "accounts", "api",
-              m.AccountInfo, request=m.AccountUpdate, errors=(400, 404, 413, 415)),
+    Operation("PUT", "/v1/account/{account}", "updateAccount", "Update an account's name and settings", "accounts",
+              "api", m.AccountInfo, request=m.AccountUpdate, errors=(400, 404, 413, 415),
+              description="Answers the account (`account` first, EmailEngine's answer)."),
     Operation("DELETE", "/v1/account/{account}", "deleteAccount", "Delete an account", "accounts", "api",
-              m.AccountDeleted, errors=(400, 404),
-              description="The stored refresh token is deleted with the last account that uses it."),
+              m.AccountDeleted, query=m.AccountDeleteQuery, errors=(400, 404),
+              description="The stored refresh token is deleted with the last account that uses it. `revoke=true`: "
+                          "`revoked` says whether it was (Microsoft itself has no endpoint to revoke one app's "
+                          "grant; see the README)."),
     Operation("POST", "/v1/account/{account}/reauth", "reauthenticateAccount",
               "Create a sign-in link that re-authorises an account", "accounts", "api", FormResponse,
               request=m.ReauthRequest, errors=(400, 404, 409, 413, 415),
@@ -97,10 +113,14 @@ OPERATIONS: tuple[Operation, ...] = (
                           "was allowed to take the account over: README, \"Who a mailbox belongs to\")."),
     Operation("GET", "/v1/account/{account}/oauth-token", "getAccountOAuthToken",
               "Get a fresh access token for the mailbox", "accounts", "api", m.OAuthTokenResponse,
-              errors=(400, 404, 409, 502),
-              error_models={409: m.ReauthenticationRequiredBody},
-              description="409 `reauthentication_required`: the user must sign in again "
-                          "(`POST /v1/account/{account}/reauth`); 409 `app_unavailable`: the app was deleted."),
+              errors=(400, 404, 409),
+              error_models={403: m.OauthRenewErrorBody},
+              description="EmailEngine's fields (`user`: the signer, also for a shared mailbox; `expires` with "
+                          "milliseconds; `cached`) beside the `imap`/`smtp`/`graph` blocks. 403 `OauthRenewError` "
+                          "(EmailEngine's): the token could not be renewed; `authenticationFailed: true`: the user "
+                          "must sign in again (`POST /v1/account/{account}/reauth`), `false`: Microsoft refused "
+                          "the OAuth app (`errorCode`, e.g. `invalid_client`). 409 `app_unavailable`: the app "
+                          "was deleted."),
     Operation("POST", "/v1/oauth2", "createOAuthApp", "Register an OAuth app", "oauth2", "admin",
               m.OAuthAppInfo, status=201, request=m.OAuthAppCreate, errors=(400, 413, 415)),
     Operation("GET", "/v1/oauth2", "listOAuthApps", "List OAuth apps", "oauth2", "admin", m.OAuthAppList),
@@ -123,9 +143,11 @@ OPERATIONS: tuple[Operation, ...] = (
               description="Refused from the next request on."),
     Operation("POST", "/v1/webhooks", "createWebhook", "Register a webhook (its secret is shown once)", "webhooks",
               "admin", m.WebhookCreated, status=201, request=m.WebhookCreate, errors=(400, 413, 415),
-              description="Events are POSTed as JSON (see `webhooks` in this document), signed with "
-                          "`X-MC-Signature: v1=<hex HMAC-SHA256(secret, timestamp + \".\" + body)>` and "
-                          "`X-MC-Timestamp`; `X-MC-Event-Id` is the event id to dedupe on. Undelivered events "
+              description="Events are POSTed as JSON (see `webhooks` in this document), signed twice with the "
+                          "secret: EmailEngine's `X-EE-Wh-Signature` (base64url HMAC-SHA256 of the raw body) and "
+                          "`X-MC-Signature: v1=<hex HMAC-SHA256(secret, timestamp + \".\" + body)>` with "
+                          "`X-MC-Timestamp` (refuses replays); `X-EE-Wh-Event-Id` = `X-MC-Event-Id` is the event "
+                          "id to dedupe on. Undelivered events "
                           "are retried with exponential backoff for 24 hours, then kept as dead letters."),
     Operation("GET", "/v1/webhooks", "listWebhooks", "List webhooks (API and settings)", "webhooks", "admin",
               m.WebhookList),
@@ -144,18 +166,22 @@ OPERATIONS: tuple[Operation, ...] = (
               raw_response={"description": "The OpenAPI 3.1 document",
                             "content": {"application/json": {"schema": {"type": "object"}}}}),
     Operation("GET", "/accounts/new", "startSignIn", "Hosted: open a sign-in link (browser)", "hosted", None,
-              description="Verifies the link and redirects the browser to Microsoft.",
+              description="Verifies the link and redirects the browser to Microsoft. A link that names no OAuth "
+                          "app while several may be used first answers the app chooser page (200): its options "
+                          "open the same link with `app=<id>`.",
               raw_response={"description": "Redirect to Microsoft's sign-in page",
                             "headers": {"Location": {"schema": {"type": "string"}}}}),
     Operation("GET", "/oauth", "completeSignIn", "Hosted: Microsoft's redirect back (browser)", "hosted", None,
               description="Finishes the sign-in and redirects to the app's redirectUrl with "
-                          "`account` and `state=new|existing`, or `error` and `error_description`.",
+                          "`account` and `state=new|existing`, or `error` and `error_description` (and `link`), "
+                          "keeping the redirectUrl's own query parameters and `#fragment`.",
               raw_response={"description": "Redirect to the app's redirectUrl",
                             "headers": {"Location": {"schema": {"type": "string"}}}}),
 )
 
 _HOSTED_QUERY = {
-    "/accounts/new": [("data", "The signed link data"), ("sig", "The link signature")],
+    "/accounts/new": [("data", "The signed link data"), ("sig", "The link signature"),
+                      ("app", "The OAuth app picked on the app chooser page (only for a link that names none)")],
     "/oauth": [("code", "Authorization code"), ("state", "OAuth state"), ("error", "OAuth error"),
                ("error_description", "OAuth error description")],
 }
@@ -213,6 +239,9 @@ def _error(status: int, schema_ref: dict[str, Any]) -> dict[str, Any]:
 def _webhooks(refs: Refs) -> dict[str, Any]:
     """OpenAPI 3.1 ``webhooks``: what the service POSTs to a registered webhook."""
     headers = [
+        ("X-EE-Wh-Signature", "EmailEngine's signature: base64url (unpadded) HMAC-SHA256(secret, raw body)"),
+        ("X-EE-Wh-Event-Id", "EmailEngine's name of the event id (the same as `X-MC-Event-Id`)"),
+        ("X-EE-Wh-Attempts-Made", "EmailEngine's: attempts made before this one (0 for the first)"),
         ("X-MC-Event-Id", "The event id: the same on every retry; dedupe on it"),
         ("X-MC-Event", "The event type"),
         ("X-MC-Timestamp", "Unix seconds when this attempt was signed; reject if more than 5 minutes off"),
@@ -221,7 +250,7 @@ def _webhooks(refs: Refs) -> dict[str, Any]:
     ]
     return {"lifecycleEvent": {"post": {
         "operationId": "lifecycleEvent",
-        "summary": "An account was added, signed in, lost its credential, or was deleted",
+        "summary": "An account was added and initialized, signed in, lost its credential or access, or deleted",
         "description": "Answer 2xx within 10 seconds. Anything else is retried with exponential backoff (10 s "
                        "doubling up to 1 hour) for 24 hours; then the event is a dead letter "
                        "(`GET /v1/webhooks/deadletters`). Delivery is at least once: dedupe by `id`.",
@@ -269,6 +298,8 @@ def _document(server_url: str) -> dict[str, Any]:
         if op.tag == "hosted":
             html = {"text/html": {"schema": {"type": "string"}}}
             responses["400"] = {"description": "A hosted error page", "content": html}
+            if op.path == "/accounts/new":
+                responses["200"] = {"description": "The app chooser page", "content": html}
         else:
             for status in sorted(statuses):
                 ref = refs[(op.error_models[status], "serialization")] if status in op.error_models else error_ref

@@ -46,14 +46,18 @@ Delivery (per target, so a receiver failing forever never holds up another)
 
 At least once, exactly once per id at a receiver that dedupes
     A receiver may see an event twice (it answered 2xx too late, or a crash between fan-out and clean-up)
-    and must dedupe by ``id`` (also in ``X-MC-Event-Id``), keeping ids for longer than the retry window.
+    and must dedupe by ``id`` (also in ``X-MC-Event-Id`` and EmailEngine's ``X-EE-Wh-Event-Id``), keeping ids
+    for longer than the retry window.
     Events of one account are produced in order and carry sortable ids and ``date``; retries can reorder
     them at the receiver, so order by ``date``/``id``, not by arrival.
 
 Signature
     ``X-MC-Timestamp: <unix seconds>``, ``X-MC-Signature: v1=<hex HMAC-SHA256(secret, "<timestamp>." +
     body)>``, ``X-MC-Event-Id``, ``X-MC-Event``. Receivers recompute it over the raw body (constant-time
-    compare, :func:`verify_signature`) and reject timestamps more than 5 minutes off (replays).
+    compare, :func:`verify_signature`) and reject timestamps more than 5 minutes off (replays). EmailEngine's
+    headers travel too, so its receivers work unchanged: ``X-EE-Wh-Signature`` (base64url, unpadded,
+    HMAC-SHA256(secret, raw body); no timestamp, so dedupe by id against replays), ``X-EE-Wh-Event-Id``,
+    ``X-EE-Wh-Attempts-Made`` (``shared.webhooks.signature``).
 
 Targets
     Registered through ``/v1/webhooks`` (scope ``admin``): their secret is generated, shown once, and kept

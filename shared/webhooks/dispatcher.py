@@ -26,7 +26,17 @@ from shared.storage.tables import deliveries, outbox
 from shared.storage.tables.deliveries import DEAD, PENDING, Delivery
 from shared.storage.tables.outbox import EventRow
 from shared.storage.tables.records import utcnow
-from shared.webhooks.signature import EVENT_HEADER, EVENT_ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
+from shared.webhooks.signature import (
+    EE_ATTEMPTS_HEADER,
+    EE_EVENT_ID_HEADER,
+    EE_SIGNATURE_HEADER,
+    EVENT_HEADER,
+    EVENT_ID_HEADER,
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+    sign,
+    sign_ee,
+)
 from shared.webhooks.targets import Target, all_targets, secret_of
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -238,6 +248,9 @@ class Dispatcher:
             "Content-Type": "application/json; charset=utf-8", "User-Agent": USER_AGENT,
             EVENT_ID_HEADER: row.eventId, EVENT_HEADER: row.event, TIMESTAMP_HEADER: str(timestamp),
             SIGNATURE_HEADER: sign(secret, timestamp, body), "X-MC-Attempt": str(row.attempts + 1),
+            # EmailEngine's, so its receivers work unchanged (shared.webhooks.signature)
+            EE_EVENT_ID_HEADER: row.eventId, EE_SIGNATURE_HEADER: sign_ee(secret, body),
+            EE_ATTEMPTS_HEADER: str(row.attempts),
         }
         assert self.session is not None
         try:

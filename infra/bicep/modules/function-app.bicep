@@ -151,6 +151,12 @@ resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
     // Credential keep-alive (timer function credential_keepalive, hourly).
     MC_KEEPALIVE_DAYS: string(keepaliveDays)
     MC_KEEPALIVE_MAX_PER_RUN: string(keepaliveMaxPerRun)
+    // Logs (shared/web/logs.py): one line per request; the Azure SDK, MSAL and urllib3 only from WARNING.
+    MC_LOG_LEVEL: 'INFO'
+    MC_SDK_LOG_LEVEL: 'WARNING'
+    // API tokens and OAuth apps are cached per instance this long: a revocation is effective everywhere
+    // within it (0: no cache).
+    MC_AUTH_CACHE_SECONDS: '5'
   }
 }
 

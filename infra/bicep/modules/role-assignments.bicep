@@ -98,7 +98,7 @@ resource appBlobOwner 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
   }
 }
 
-// ... the service's tables (accounts, principals, flows, links, apps, apitokens, outbox, webhooks, deliveries) ...
+// ... the service's tables (accounts, principals, flows, links, apps, apitokens, outbox, webhooks, deliveries, accountcounts) ...
 resource appTables 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
   name: guid(storage.id, identityPrincipalId, storageTableDataContributor)
   scope: storage

@@ -35,6 +35,7 @@ var serviceTables = [
   'outbox'
   'webhooks'
   'deliveries'
+  'accountcounts'
 ]
 
 resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' = {

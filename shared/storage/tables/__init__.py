@@ -5,4 +5,4 @@ template creates the same tables (a test compares the two).
 """
 
 TABLES = ("accounts", "principals", "flows", "links", "apps", "apitokens", "secrets", "outbox", "webhooks",
-          "deliveries")
+          "deliveries", "accountcounts")

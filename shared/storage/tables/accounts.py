@@ -3,15 +3,23 @@
 The partition also holds the account's undelivered event rows (RowKey ``event:<id>``, see
 ``shared.storage.tables.outbox``), written in the same transaction as the account row change that caused them;
 listings select ``RowKey eq ''``.
+
+Counts (``shared.storage.tables.counts``): every write here that may change what is counted (an insert, a delete, a
+change of ``state`` or ``appId``) syncs the account's count after it committed, best effort (a failure is logged;
+``reconcile_counts``, run by the storage sweeper, catches up). A replace knows what changed from the row it
+replaces: rows read here remember the app and state they were read with (``model_copy`` keeps that), and a row
+built from scratch counts as changed.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, ClassVar, Final
+from functools import partial
+from typing import TYPE_CHECKING, Any, ClassVar, Final, Self
 
-from pydantic import computed_field
+from pydantic import PrivateAttr, computed_field
 
 from shared.schemas import AccessCheck, AccountState
 from shared.storage.errors import Conflict, NotFound, storage_errors
@@ -22,12 +30,14 @@ from shared.storage.tables.records import (
     get_or_none,
     query,
     update_if_unchanged,
+    utcnow,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
     from shared.storage.tables.outbox import EventRow
 
 TABLE = "accounts"
+log = logging.getLogger("mailbox_connect.tables")
 CONNECTED: Final[AccountState] = "connected"
 AUTH_ERROR: Final[AccountState] = "authenticationError"
 
@@ -57,6 +67,14 @@ class Account(Record):
     meta: dict[str, Any] = {}
     created: datetime
     updated: datetime
+    # (appId, state) as read from storage; None for a row built in memory. Kept by model_copy.
+    _stored: tuple[str, str] | None = PrivateAttr(None)
+
+    @classmethod
+    def from_entity(cls, entity: Any) -> Self:
+        record = super().from_entity(entity)
+        record._stored = (record.appId, record.state)
+        return record
 
     @property
     def access_status(self) -> AccessCheck:
@@ -90,6 +108,7 @@ def insert_account(account: Account, events: Sequence[EventRow] = ()) -> bool:
                 table(TABLE).create_entity(account.to_entity(account.account))
     except Conflict:
         return False
+    _recount(account.account, account.appId)
     return True
 
 
@@ -99,17 +118,23 @@ def replace_account(account: Account, events: Sequence[EventRow] = ()) -> bool:
     ``events`` are written in the same transaction (they share the account's partition).
     """
     if not events:
-        return update_if_unchanged(table(TABLE), account.to_entity(account.account), account.etag) is not None
-    from azure.core import MatchConditions
-    from azure.data.tables import UpdateMode
+        if update_if_unchanged(table(TABLE), account.to_entity(account.account), account.etag) is None:
+            return False
+    else:
+        from azure.core import MatchConditions
+        from azure.data.tables import UpdateMode
 
-    try:
-        with storage_errors():
-            _transaction([("update", account.to_entity(account.account),
-                           {"mode": UpdateMode.REPLACE, "etag": account.etag,
-                            "match_condition": MatchConditions.IfNotModified})], events)
-    except (Conflict, NotFound):  # the ETag lost (412) or the row went away (404)
-        return False
+        try:
+            with storage_errors():
+                _transaction([("update", account.to_entity(account.account),
+                               {"mode": UpdateMode.REPLACE, "etag": account.etag,
+                                "match_condition": MatchConditions.IfNotModified})], events)
+        except (Conflict, NotFound):  # the ETag lost (412) or the row went away (404)
+            return False
+    if account._stored != (account.appId, account.state):  # the counted state may have changed
+        if account._stored is not None and account._stored[0] != account.appId:
+            _recount(account.account, account._stored[0])
+        _recount(account.account, account.appId)
     return True
 
 
@@ -147,6 +172,30 @@ def query_page(filter: str | None, parameters: dict[str, Any], page_size: int,
     return rows, pages.continuation_token or None
 
 
+def scan_page(filter: str | None, parameters: dict[str, Any], page_size: int, continuation: dict[str, Any] | None,
+              select: list[str]) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """As ``query_page``, but only the ``select``ed properties of each row, as they are (a listing skipping rows
+    or searching them: a narrow projection makes a page of 1,000 rows small)."""
+    where = f"RowKey eq '' and ( {filter} )" if filter else "RowKey eq ''"
+    pager: Any = table(TABLE).query_entities(where, parameters=parameters, results_per_page=page_size, select=select)
+    pages = pager.by_page(continuation_token=continuation)
+    with storage_errors():
+        page: Any = next(pages, [])
+    return [dict(entity) for entity in page], pages.continuation_token or None
+
+
+def get_many(account_ids: Sequence[str]) -> dict[str, Account]:
+    """The accounts that exist among ``account_ids``: point reads, up to 16 at a time."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    ids = list(dict.fromkeys(account_ids))
+    if not ids:
+        return {}
+    with ThreadPoolExecutor(max_workers=min(16, len(ids))) as pool:
+        found = list(pool.map(get_account, ids))
+    return {account.account: account for account in found if account is not None}
+
+
 def first_account_of_app(app_id: str) -> str | None:
     """The id of one account that uses the app, or None (a filtered scan; fine for rare admin calls)."""
     rows = query(table(TABLE), "RowKey eq '' and appId eq @app", parameters={"app": app_id}, select=["account"],
@@ -162,13 +211,85 @@ def delete_account(account: Account, events: Sequence[EventRow] = ()) -> bool:
     ``events`` are written in the same transaction (they stay in the partition until delivered).
     """
     if not events:
-        return delete_if_unchanged(table(TABLE), account.account, "", account.etag)
-    from azure.core import MatchConditions
+        if not delete_if_unchanged(table(TABLE), account.account, "", account.etag):
+            return False
+    else:
+        from azure.core import MatchConditions
+
+        try:
+            with storage_errors():
+                _transaction([("delete", {"PartitionKey": account.account, "RowKey": ""},
+                               {"etag": account.etag, "match_condition": MatchConditions.IfNotModified})], events)
+        except (Conflict, NotFound):  # the ETag lost (412) or the row went away (404)
+            return False
+    _recount(account.account, account.appId)
+    return True
+
+
+# --- counts (shared.storage.tables.counts) ----------------------------------------------------------------------
+
+def _counted_now(account_id: str) -> tuple[str, str] | None:
+    account = get_account(account_id)
+    return None if account is None else (account.appId, account.state)
+
+
+def _recount(account_id: str, app_id: str) -> None:
+    """Sync the account's count after a committed write; best effort (the write stands either way)."""
+    from shared.storage.tables import counts
 
     try:
-        with storage_errors():
-            _transaction([("delete", {"PartitionKey": account.account, "RowKey": ""},
-                           {"etag": account.etag, "match_condition": MatchConditions.IfNotModified})], events)
-    except (Conflict, NotFound):  # the ETag lost (412) or the row went away (404)
-        return False
-    return True
+        counts.sync(app_id, account_id, lambda: _counted_now(account_id))
+    except Exception as exc:  # noqa: BLE001 - reconcile_counts (the storage sweeper) catches up
+        log.warning("account %s: its count could not be updated now (%s); the sweeper will", account_id,
+                    type(exc).__name__)
+
+
+def count_accounts(app_ids: Sequence[str], state: str | None = None) -> int:
+    """How many accounts the apps have, in ``state`` if given (``shared.storage.tables.counts``)."""
+    from shared.storage.tables import counts
+
+    return counts.count(app_ids, state)
+
+
+def reconcile_counts(start: str, limit: int, app_ids: Sequence[str]) -> tuple[int, int, str | None]:
+    """Compare up to ``limit`` accounts with an id after ``start`` (in id order) with their membership rows
+    (``shared.storage.tables.counts``) and sync those that disagree; drop old tombstones in the same id range.
+    Returns (accounts checked, accounts synced, the id to resume after, or None at the end of the table).
+
+    Costs about one request per 1,000 accounts plus ``SHARDS`` range queries per app; a sync only for an
+    account that disagrees. ``app_ids``: the apps whose membership rows are checked (those of the accounts
+    read are added).
+    """
+    from shared.storage.tables import counts
+
+    rows: dict[str, tuple[str, str]] = {}
+    where = "RowKey eq '' and PartitionKey gt @start"
+    pager = query(table(TABLE), where, parameters={"start": start}, select=["PartitionKey", "appId", "state"],
+                  results_per_page=min(1000, limit))
+    last: str | None = None
+    for entity in pager:
+        rows[entity["PartitionKey"]] = (str(entity.get("appId") or ""), str(entity.get("state") or ""))
+        last = entity["PartitionKey"]
+        if len(rows) >= limit:
+            break
+    end = None if last is None or len(rows) < limit else last
+    members: dict[tuple[str, str], tuple[str, str, Any]] = {}
+    for app in dict.fromkeys([*app_ids, *(app for app, _ in rows.values() if app)]):
+        for account_id, state, etag, at in counts.members_between(app, start, end):  # (start, end]
+            members[(app, account_id)] = (state, etag, at)
+    stale = utcnow() - counts.TOMBSTONE_AGE
+    synced = 0
+    for key in dict.fromkeys([*((app, a) for a, (app, _) in rows.items()), *members]):
+        app, account_id = key
+        row, member = rows.get(account_id), members.get(key)
+        want = row[1] if row is not None and row[0] == app else ""
+        have = member[0] if member is not None else ""
+        if want == have:
+            if member is not None and not have and member[2] is not None and member[2] < stale:
+                counts.drop_tombstone(app, account_id, member[1])
+            continue
+        try:
+            synced += counts.sync(app, account_id, partial(_counted_now, account_id))
+        except Exception as exc:  # noqa: BLE001 - the next walk tries again
+            log.warning("account %s: count reconciliation failed (%s)", account_id, type(exc).__name__)
+    return len(rows), synced, end

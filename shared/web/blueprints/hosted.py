@@ -6,46 +6,35 @@ from typing import TYPE_CHECKING
 
 import azure.functions as func
 
+from shared.web.logs import logged
+
 if TYPE_CHECKING:
-    from shared.signin.flow import Redirect
+    from shared.signin.flow import Chooser, Redirect
 
 bp = func.Blueprint()
 log = logging.getLogger("mailbox_connect.hosted")
 
 # No authorization code or sign-in state in any log line the service writes. Ours never carry a query string,
-# a code or a state (the sign-in logs account ids and outcomes; these pages never log a URL or a Location),
-# but two libraries would, at levels the Functions host forwards to Application Insights once logging is
-# turned up: the Azure SDK's HttpLoggingPolicy logs every storage request URL at INFO, and a pending
-# sign-in's row is keyed by its state (``flows(PartitionKey='<state>')``); MSAL's token cache logs the token
-# request, authorization code included, at DEBUG. Their loggers are capped here, when the function app is
-# imported (so in every worker, before the first request); a level set higher elsewhere is kept.
-# ``tests/leakcheck.py`` treats codes and states as secrets in every log record of the test run.
-LIBRARY_LOG_LEVELS = {
-    "azure.core.pipeline.policies.http_logging_policy": logging.WARNING,  # request URLs (row keys)
-    "msal": logging.INFO,  # the token request at DEBUG, with the authorization code
-}
-
-
-def quiet_library_loggers() -> None:
-    for name, level in LIBRARY_LOG_LEVELS.items():
-        logger = logging.getLogger(name)
-        if logger.level < level:  # NOTSET (0) too: an explicit level holds even if the root is lowered later
-            logger.setLevel(level)
-
-
-quiet_library_loggers()
+# a code or a state (the sign-in logs account ids and outcomes; these pages never log a URL or a Location; the
+# request line of shared.web.logs has the path only). The libraries that would (the Azure SDK's HTTP logging
+# policy: storage URLs, and a pending sign-in's row is keyed by its state; MSAL: the token request with the
+# code at DEBUG; urllib3: request lines) are capped in shared.web.logs, imported above, so when the function
+# app is imported. ``tests/leakcheck.py`` treats codes and states as secrets in every log record of the run.
 
 
 @bp.route(route="accounts/new", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+@logged
 def accounts_new(req: func.HttpRequest) -> func.HttpResponse:
     from shared.settings import get_settings
     from shared.signin import flow as signin
 
     params = _text_params(req)
-    return _hosted(lambda: signin.start(params.get("data"), params.get("sig"), get_settings()))
+    # `app`: the person's pick on the app chooser (a link that names no OAuth app; shared.signin.flow)
+    return _hosted(lambda: signin.start(params.get("data"), params.get("sig"), get_settings(), params.get("app")))
 
 
 @bp.route(route="oauth", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+@logged
 def oauth_callback(req: func.HttpRequest) -> func.HttpResponse:
     from shared.settings import get_settings
     from shared.signin import flow as signin
@@ -62,9 +51,9 @@ def _text_params(req: func.HttpRequest) -> dict[str, str]:
             for k, v in req.params.items() if isinstance(k, str) and isinstance(v, str)}
 
 
-def _hosted(action: Callable[[], "Redirect"]) -> func.HttpResponse:
+def _hosted(action: Callable[[], "Redirect | Chooser"]) -> func.HttpResponse:
     from shared.errors import is_transient
-    from shared.signin.flow import HostedError
+    from shared.signin.flow import Chooser, HostedError
 
     try:
         result = action()
@@ -75,6 +64,8 @@ def _hosted(action: Callable[[], "Redirect"]) -> func.HttpResponse:
         if not is_transient(exc):
             log.exception("unhandled error on a hosted page")
         return page_response("unavailable")
+    if isinstance(result, Chooser):
+        return chooser_response(result)
     response = func.HttpResponse(status_code=302, headers={**_security_headers(), "Location": result.location})
     return _with_cookies(response, result.cookies)
 
@@ -88,6 +79,16 @@ def page_response(kind: str, **details: str | None) -> func.HttpResponse:
     if status == 503:  # every 503 says when to come back, a page for a person too
         headers["Retry-After"] = str(DEFAULT_RETRY_AFTER)
     return func.HttpResponse(html, status_code=status, headers=headers, mimetype="text/html", charset="utf-8")
+
+
+def chooser_response(result: "Chooser") -> func.HttpResponse:
+    """The app chooser page (200), with the hosted pages' headers (its links carry the signed link: no-store,
+    no referrer)."""
+    from shared.signin.pages import chooser
+
+    html = chooser(result.choices, mailbox=result.mailbox, stale=result.stale)
+    return func.HttpResponse(html, status_code=200, headers=_security_headers(), mimetype="text/html",
+                             charset="utf-8")
 
 
 def _security_headers() -> dict[str, str]:
