@@ -280,10 +280,21 @@ class ApiTokenCreate(_Request):
                     "forms must name one of them. Only with scope `api`. Left out: every account.",
     )
 
+    account: AccountId | None = Field(
+        None, description="EmailEngine's spelling of a one-account restriction: the same as `accounts: [id]`")
+
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
         return _not_blank(value)
+
+    @model_validator(mode="after")
+    def _one_account(self) -> ApiTokenCreate:
+        if self.account is not None:
+            if self.accounts is not None and self.accounts != [self.account]:
+                raise ValueError("give either account or accounts")
+            self.accounts, self.account = [self.account], None
+        return self
 
     @field_validator("apps", "accounts")
     @classmethod

@@ -273,6 +273,18 @@ def test_creating_and_listing_restricted_tokens(service, two_apps):
     assert "apps" not in unrestricted and "accounts" not in unrestricted
 
 
+def test_emailengines_account_field_restricts_a_token_to_that_account(service, two_apps):
+    """EmailEngine restricts a token to one account with ``account`` on creation: the same as ``accounts``."""
+    created = service.api("POST", "/v1/tokens", json={"name": "one", "account": "a-1"})
+    assert created.status_code == 201, created.text
+    assert created.json()["accounts"] == ["a-1"] and "account" not in created.json()
+    token = created.json()["token"]
+    assert service.api("GET", "/v1/account/a-1", token=token).status_code == 200
+    not_found(service.api("GET", "/v1/account/a-2", token=token), "a-2")
+    both = service.api("POST", "/v1/tokens", json={"name": "x", "account": "a-1", "accounts": ["a-2"]})
+    assert both.status_code == 400, both.text
+
+
 @pytest.mark.parametrize("body, field, code", [
     ({"apps": ["APP"], "scopes": ["api", "admin"]}, "scopes", "restricted_admin_token"),
     ({"accounts": ["a-1"], "scopes": ["admin"]}, "scopes", "restricted_admin_token"),
