@@ -104,7 +104,28 @@ def iso_date(value: str) -> str:
     return value
 
 
-class FormRequest(_WellFormedText):
+class _MailboxSettingsRules(BaseModel):
+    """How the form and the account bodies read EmailEngine's mailbox settings (one home for both): one string
+    for ``subconnections``/``path`` is a one-element array, ``path`` ``*`` (every folder, the default) is not
+    kept, ``syncFrom``/``notifyFrom`` are ISO dates or date-times."""
+
+    @field_validator("subconnections", "path", mode="before", check_fields=False)
+    @classmethod
+    def _one_string_is_an_array(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("path", check_fields=False)
+    @classmethod
+    def _all_folders(cls, value: list[str] | None) -> list[str] | None:
+        return None if value is not None and "*" in value else value
+
+    @field_validator("syncFrom", "notifyFrom", check_fields=False)
+    @classmethod
+    def _iso_date(cls, value: str | None) -> str | None:
+        return None if value is None else iso_date(value)
+
+
+class FormRequest(_WellFormedText, _MailboxSettingsRules):
     """EmailEngine's ``POST /v1/authentication/form`` body, plus ``expiresIn`` (seconds, capped).
 
     Read as EmailEngine reads it (its Joi schema): an empty string is the same as leaving the field out for
@@ -168,20 +189,6 @@ class FormRequest(_WellFormedText):
             raise ValueError("must be an OAuth app id, or false for no preselection")
         return value
 
-    @field_validator("subconnections", "path", mode="before")
-    @classmethod
-    def _one_string_is_an_array(cls, value: Any) -> Any:
-        return [value] if isinstance(value, str) else value
-
-    @field_validator("path")
-    @classmethod
-    def _all_folders(cls, value: list[str] | None) -> list[str] | None:
-        return None if value is not None and "*" in value else value
-
-    @field_validator("syncFrom", "notifyFrom")
-    @classmethod
-    def _iso_date(cls, value: str | None) -> str | None:
-        return None if value is None else iso_date(value)
 
     @field_validator("email", "expectedEmail")
     @classmethod
@@ -542,7 +549,7 @@ class AccountList(_Model):
     nextCursor: str | None = Field(..., description="Pass as `cursor` for the next accounts; null at the end")
 
 
-class _AccountSettings(_Request):
+class _AccountSettings(_Request, _MailboxSettingsRules):
     """The account settings of EmailEngine's account bodies that this service keeps (``name``, ``syncFrom``,
     ``notifyFrom``, ``subconnections``, ``path``, ``locale``, ``tz``: read as the form reads them), and those it
     accepts but ignores because they configure EmailEngine's own IMAP sync, which this service does not run
@@ -570,20 +577,6 @@ class _AccountSettings(_Request):
     def _empty_is_absent(cls, value: Any) -> Any:
         return None if value == "" else value
 
-    @field_validator("subconnections", "path", mode="before")
-    @classmethod
-    def _one_string_is_an_array(cls, value: Any) -> Any:
-        return [value] if isinstance(value, str) else value
-
-    @field_validator("path")
-    @classmethod
-    def _all_folders(cls, value: list[str] | None) -> list[str] | None:
-        return None if value is not None and "*" in value else value
-
-    @field_validator("syncFrom", "notifyFrom")
-    @classmethod
-    def _iso_date(cls, value: str | None) -> str | None:
-        return None if value is None else iso_date(value)
 
 
 ACCOUNT_SETTINGS: Final = ("syncFrom", "notifyFrom", "subconnections", "path", "locale", "tz")  # kept in meta

@@ -114,18 +114,11 @@ def read_directory_record(app: AppRegistration, access_token: str, settings: Set
     ``ok`` with ``record`` set, else ``unavailable`` (Graph unreachable or 5xx, an answer without ``id``,
     or a token Graph refuses: without the directory record nothing about the mailbox is proven).
     """
-    import requests
-
     if app.baseScopes != "api":
         return AccessResult(UNAVAILABLE, "graph", "no Graph token (an imap app)")
-    url = f"{graph_base(app, settings)}/v1.0/me?$select=id,userPrincipalName,mail"
-    try:
-        response = http_session(settings).get(
-            url, headers={"Authorization": f"Bearer {access_token}", "Accept": "application/json"},
-            timeout=(min(5.0, TIMEOUT_SECONDS), TIMEOUT_SECONDS), allow_redirects=False,
-        )
-    except requests.RequestException as exc:
-        return AccessResult(UNAVAILABLE, "graph", f"Graph could not be reached ({_reason(exc)})")
+    response = _graph_get(app, access_token, "me?$select=id,userPrincipalName,mail", settings)
+    if isinstance(response, AccessResult):
+        return response
     said = f"Graph /me answered {response.status_code}"
     if response.status_code != 200:
         code = _graph_error_code(response)
@@ -147,18 +140,25 @@ def graph_base(app: AppRegistration, settings: Settings) -> str:
     return (settings.graph_url or CLOUDS[app.cloud].graph_url).rstrip("/")
 
 
-def _graph(app: AppRegistration, token: str, mailbox: str, delegated: bool, settings: Settings) -> AccessResult:
+def _graph_get(app: AppRegistration, token: str, path: str, settings: Settings) -> requests.Response | AccessResult:
+    """``GET <graph>/v1.0/<path>`` with the signer's token; ``unavailable`` when Graph cannot be reached."""
     import requests
 
-    target = f"users/{quote(mailbox, safe='@')}" if delegated else "me"
-    url = f"{graph_base(app, settings)}/v1.0/{target}/mailFolders/inbox?$select=id"
+    url = f"{graph_base(app, settings)}/v1.0/{path}"
     try:
-        response = http_session(settings).get(
+        return http_session(settings).get(
             url, headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
             timeout=(min(5.0, TIMEOUT_SECONDS), TIMEOUT_SECONDS), allow_redirects=False,
         )
     except requests.RequestException as exc:
         return AccessResult(UNAVAILABLE, "graph", f"Graph could not be reached ({_reason(exc)})")
+
+
+def _graph(app: AppRegistration, token: str, mailbox: str, delegated: bool, settings: Settings) -> AccessResult:
+    target = f"users/{quote(mailbox, safe='@')}" if delegated else "me"
+    response = _graph_get(app, token, f"{target}/mailFolders/inbox?$select=id", settings)
+    if isinstance(response, AccessResult):
+        return response
     status, code = response.status_code, _graph_error_code(response)
     said = f"Graph answered {status}" + (f" {code}" if code else "")
     if status == 200:
