@@ -44,9 +44,9 @@ test: deps browser lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # Cost benchmark (not part of `make test`): latency, req/s and Table/Key Vault/Microsoft calls per operation,
-# and the cold-start import cost. Results and how to read them: docs/performance.md.
+# and the cold-start import cost; `make bench BENCH_ARGS=--load`: concurrent HTTP clients. Results and how to read them: docs/performance.md.
 bench: deps
-	$(PY) -m bench.run
+	$(PY) -m bench.run $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) $(IAC_VENV) infra/hooks/.venv node_modules .pytest_cache test-output

@@ -1,6 +1,7 @@
 """Cost benchmark: latency, throughput and outbound calls per operation, and the cold-start import cost.
 
     make bench                 # or: .venv/bin/python -m bench.run [--quick] [--json out.json]
+    make bench BENCH_ARGS=--load   # or: .venv/bin/python -m bench.run --load [...]: bench.load, concurrent HTTP clients
 
 Starts Azurite (in memory), the fake Microsoft identity platform, the Key Vault fake and the IMAP fake (the
 sign-in's mailbox access check) in this process, and the service (``bench.server``: ``function_app`` on the
@@ -13,7 +14,7 @@ and Microsoft (HTTP) calls and IMAP logins it causes, counted in the service pro
 (``bench.server``). Operations:
 
 * form creation: ``POST /v1/authentication/form`` (API token check + link signing);
-* hosted redirect: ``GET /accounts/new`` of a fresh link (link check, MSAL flow, flow row, cookie);
+* hosted redirect: ``GET /accounts/new`` of a fresh link (used-link read, MSAL flow, sealed flow cookie);
 * callback: ``GET /oauth`` back from Microsoft (code redemption, access check, secret, index, account...);
   every callback connects another shared mailbox of the same signer;
 * warm token: ``GET /v1/account/{id}/oauth-token`` with the access token cached in the instance;
@@ -470,7 +471,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--auth-cache-seconds", type=float, default=None,
                         help="MC_AUTH_CACHE_SECONDS of the service (0: API tokens and apps read on every request)")
     parser.add_argument("--no-logs", action="store_true", help="skip the log lines per request")
-    args = parser.parse_args(argv)
+    parser.add_argument("--load", action="store_true",
+                        help="load mode instead: concurrent HTTP clients (bench.load; its options follow)")
+    args, rest = parser.parse_known_args(argv)
+    if args.load:
+        from bench.load import main as load_main
+
+        load_main(rest + (["--json", args.json] if args.json else [])
+                  + (["--auth-cache-seconds", str(args.auth_cache_seconds)] if args.auth_cache_seconds is not None
+                     else []))
+        return
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.quick:
         args.samples, args.repeat = 20, 3
     if str(ROOT) not in sys.path:

@@ -11,7 +11,8 @@ Around it:
   credential row, are unreachable (*orphans*): a stored refresh token nobody can use or delete;
 * a used-link row (``links``) names the account its link produced: one whose account does not exist is a
   *dead claim* (the link refuses to work, though it produced nothing);
-* a flow row marked ``consumed`` belongs to a callback that ended; ``forget_flow`` deletes it.
+* no flow row at all: a pending sign-in lives in the browser (``shared.signin.flowstate``, issue 14 point 2); the
+  ``flows`` table is kept only so that older deployments' rows are visible here.
 
 ``check_consistency`` is the race tests' check (it tolerates the documented degraded accounts);
 ``survey`` + ``problems`` is the strict, exhaustive one for runs without concurrency.
@@ -135,17 +136,9 @@ class Survey:
     index: set[tuple[str, str]]  # (credential, account)
     credentials: dict[str, dict]  # credential id -> row
     secrets: set[str]  # names of stored refresh tokens (rt-*)
-    flows: dict[str, dict]  # state -> row
+    flows: dict[str, dict]  # (PartitionKey, RowKey) -> row of the retired flows table: none is ever written
     links: dict[str, dict]  # nonce -> row
     added_events: Counter  # account id -> accountAdded event rows (delivered ones are deleted; none here)
-
-    @property
-    def consumed_flows(self) -> list[str]:
-        return [state for state, row in self.flows.items() if row.get("consumed")]
-
-    @property
-    def open_flows(self) -> list[str]:
-        return [state for state, row in self.flows.items() if not row.get("consumed")]
 
 
 def survey(keyvault: Any = None) -> Survey:
@@ -168,8 +161,7 @@ def survey(keyvault: Any = None) -> Survey:
         index=set(index_rows()),
         credentials=credential_rows(),
         secrets={n for n in names if n.startswith(SECRET_PREFIX)},
-        flows={row["PartitionKey"]: dict(row) for row in table("flows").list_entities()
-               if row["RowKey"] == ""},  # flow rows; not the links' live-flow slots (RowKey slot:<i>)
+        flows={f"{row['PartitionKey']}/{row['RowKey']}": dict(row) for row in table("flows").list_entities()},
         links={row["PartitionKey"]: dict(row) for row in table("links").list_entities()},
         added_events=added,
     )
@@ -178,9 +170,9 @@ def survey(keyvault: Any = None) -> Survey:
 def problems(found: Survey, *, dead_claims_allowed: bool = False) -> list[str]:
     """Every breach of invariants 1-4 in ``found``, as readable lines (empty: consistent and clean).
 
-    Not judged here: flow rows (callers decide which leftovers their scenario explains).
+    Also: any flow row (``GET /accounts/new`` writes none since issue 14 point 2).
     """
-    out: list[str] = []
+    out: list[str] = [f"flow row {key[:8]}.. stored (a pending sign-in lives in its cookie)" for key in found.flows]
     for account, row in found.accounts.items():
         cred = row["credentialId"]
         missing = [what for what, ok in (("credential row", cred in found.credentials),

@@ -21,7 +21,6 @@ import pytest
 
 from shared.core import links as linkcodec
 from shared.settings import get_settings
-from shared.storage.tables import flows
 from shared.storage.tables.client import table
 from tests.invariants import prepare, problems, survey
 from tests.service import APP_REDIRECT
@@ -76,20 +75,26 @@ def test_a_link_an_older_version_signed_with_a_surrogate_ends_on_a_page_and_writ
 
 
 def test_a_flow_an_older_version_started_with_a_surrogate_ends_on_a_page_and_writes_nothing(service, identity):
+    from dataclasses import replace
+
+    from shared.signin import flowstate
+    from shared.signin.flow import _cookie_name
+
     user = identity.add_user("ada@contoso.com")
     pending = prepare(service, service.link(), user)  # stopped at Microsoft's redirect back to /oauth
     state = parse_qs(urlsplit(pending.callback).query)["state"][0]
-    # What an older version stored for a form with account "\ud800" (it accepted it, and the flow row too).
-    flow = flows.get_flow(state)
-    assert flow is not None
-    table("flows").upsert_entity(flow.model_copy(update={"link": {**flow.link, "account": LONE_SURROGATE}})
-                                 .to_entity(state))
-    before = {k: v for k, v in rows().items() if k != "flows"}
+    # What an older version sealed for a form with account "\ud800" (it accepted it, and sealed the flow too).
+    name = _cookie_name(state)
+    value, path = pending.browser.jar[name]
+    flow = flowstate.open_flow(state, [value], get_settings())
+    [sealed] = flowstate.seal(replace(flow, link={**flow.link, "account": LONE_SURROGATE}), get_settings())
+    pending.browser.jar[name] = (sealed, path)
+    before = rows()
     done = pending.browser.get(pending.callback, allow_redirects=False, timeout=30)
     assert done.status_code == 400 and "This sign-in link is not valid" in done.text, (done.status_code, done.text)
-    assert {k: v for k, v in rows().items() if k != "flows"} == before
+    assert rows() == before
     assert problems(survey()) == [], "the old code left a credential and a refresh token no account reaches"
-    assert flows.get_flow(state) is None  # the unusable flow is gone
+    assert name not in pending.browser.jar  # the unusable flow cookie is cleared
 
 
 # --- every string field of every JSON body ------------------------------------------------------------------

@@ -100,7 +100,7 @@ def test_a_hosted_redirect_logs_its_path_without_the_query(deployed):
     assert (logger, found["path"], found["status"], found["function"]) == (
         "mailbox_connect.request", "/accounts/new", "302", "accounts_new")
     assert "?" not in line and "data=" not in line and "sig=" not in line and "token" not in found
-    assert int(found["microsoft"]) >= 1 and int(found["table"]) >= 1  # Microsoft's discovery, the link and flow rows
+    assert int(found["microsoft"]) >= 1 and int(found["table"]) >= 1  # Microsoft's discovery, the used-link row
     state = dict(p.split("=", 1) for p in urlsplit(answer.headers["Location"]).query.split("&"))["state"]
     assert not any(state in text for text in service.text())  # the sign-in state is in no log line
 

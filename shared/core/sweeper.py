@@ -5,22 +5,23 @@ compensation (release the link, take back the binding it wrote: ``shared.signin.
 The timer function ``storage_sweeper`` (every 10 minutes, ``shared.web.blueprints.lifecycle``) calls
 :func:`run_sweeper`, which, in this order:
 
-1. **Expired flows**: deletes flow rows (consumed or not) and the links' live-flow slots whose ``expiresAt``
-   passed (``shared.storage.tables.flows``). An expired flow is never used: its callback says "took too long".
-2. **Dead claims**: a used-link row claimed more than the flow TTL ago, with no ``completedAt`` (the sign-in
+(Pending sign-ins are no longer stored: their flow lives in the browser, ``shared.signin.flowstate``, so
+there are no flow rows to expire.)
+
+1. **Dead claims**: a used-link row claimed more than the flow TTL ago, with no ``completedAt`` (the sign-in
    never recorded its commit), whose account does not exist, belongs to a sign-in that died between claiming
    the link and committing the account (a callback lives far less than the flow TTL: the function timeout is
    2 minutes, ``MC_FLOW_TTL_SECONDS`` 15). The claim is taken over (deleted under its ETag), so the same link
    works again; first, the credential the claim names (``links.UsedLink.credential``) is collected as below,
    including a refresh token written before its credential row was (only a claim names such a secret).
-3. **Expired used links**: used-link rows whose ``expiresAt`` (the link's expiry, or later for the app's
+2. **Expired used links**: used-link rows whose ``expiresAt`` (the link's expiry, or later for the app's
    verification window, ``links.complete``) passed: the signature check refuses an expired link anyway.
-4. **Unreferenced credentials**: a bounded scan (``MAX_CREDENTIALS_PER_RUN`` per run, resuming after the
+3. **Unreferenced credentials**: a bounded scan (``MAX_CREDENTIALS_PER_RUN`` per run, resuming after the
    last credential id it checked, per process) of credential rows whose refresh token was written more than
    the flow TTL ago. A credential no account points at is deleted: its leftover index rows, the row (under
    the ETag it was read with) and its secret. Index rows whose account is gone or points at another
    credential are deleted too (they would keep the credential alive for ever).
-5. **Account counts**: compares up to ``MAX_COUNTED_PER_RUN`` accounts (resuming after the last one, per process)
+4. **Account counts**: compares up to ``MAX_COUNTED_PER_RUN`` accounts (resuming after the last one, per process)
    with the rows that count them (``shared.storage.tables.accounts.reconcile_counts``) and syncs those that
    disagree: a sync lost to a crash or an outage, or accounts written before counts existed.
 
@@ -56,14 +57,14 @@ from shared.settings import Settings
 from shared.storage.errors import StorageUnavailable
 from shared.storage.secrets.base import SecretStoreUnavailable
 from shared.storage.secrets.factory import get_secret_store
-from shared.storage.tables import accounts, apps, flows, links, principals
+from shared.storage.tables import accounts, apps, links, principals
 from shared.storage.tables.principals import Credential, IndexRow
 from shared.storage.tables.records import utcnow
 
 log = logging.getLogger("mailbox_connect.sweeper")
 RUN_BUDGET = 90.0  # seconds of one run: well inside host.json functionTimeout (2 min)
-MAX_CREDENTIALS_PER_RUN = 500  # credentials checked per run by the scan (step 4)
-MAX_COUNTED_PER_RUN = 5000  # accounts compared with their count rows per run (step 5)
+MAX_CREDENTIALS_PER_RUN = 500  # credentials checked per run by the scan (step 3)
+MAX_COUNTED_PER_RUN = 5000  # accounts compared with their count rows per run (step 4)
 SECRET_PREFIX = "rt-"  # shared.signin.flow.credential_secret_name (a test keeps the two equal)
 
 _bookmarks: dict[str, str] = {}  # per table: where the credential scan or the count check resumes (per process)
@@ -75,7 +76,6 @@ class _OutOfTime(Exception):
 
 @dataclass
 class SweepReport:
-    flows: int = 0  # expired flow rows and slots deleted
     claims: int = 0  # dead link claims taken over (the link works again)
     links: int = 0  # used-link rows of expired links deleted
     credentials: int = 0  # unreferenced credentials deleted (row and secret)
@@ -106,9 +106,6 @@ def run_sweeper(settings: Settings, *, clock: Callable[[], datetime] = utcnow, b
             raise _OutOfTime
 
     try:
-        for state, row, etag in flows.expired(now):
-            in_time()
-            report.flows += flows.delete_expired(state, row, etag)
         for nonce, claim in links.stale_claims(cutoff):
             in_time()
             if claim.completedAt is not None or accounts.get_account(claim.account) is not None:

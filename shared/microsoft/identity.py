@@ -43,13 +43,22 @@ class _DiscoveryCache(dict):
 _http_cache: dict[Any, Any] = _DiscoveryCache()
 
 
+REDEEMED_CODE = 54005  # AADSTS54005: "OAuth2 Authorization code was already redeemed"
+
+
 class IdentityError(Exception):
     """Microsoft (or our claim checks) refused: an OAuth ``error`` code and a description for the app."""
 
-    def __init__(self, code: str, description: str) -> None:
+    def __init__(self, code: str, description: str, error_codes: tuple[int, ...] = ()) -> None:
         super().__init__(f"{code}: {description}")
         self.code = code
         self.description = description
+        self.error_codes = error_codes  # Entra's AADSTS numbers (``error_codes``), when it sent them
+
+    @property
+    def code_already_redeemed(self) -> bool:
+        """AADSTS54005: the authorization code was redeemed before (a replayed or parallel callback)."""
+        return self.code == "invalid_grant" and REDEEMED_CODE in self.error_codes
 
 
 class IdentityUnavailable(Exception):
@@ -103,12 +112,14 @@ def _is_network(exc: BaseException) -> bool:
 
 
 def start_flow(app: AppRegistration, client_secret: str, settings: Settings, scopes: list[str], *,
-               login_hint: str | None = None, domain_hint: str | None = None) -> dict[str, Any]:
-    """MSAL's auth-code flow dict (state, nonce, PKCE verifier, ``auth_uri``) for ``prompt=select_account``."""
+               state: str | None = None, login_hint: str | None = None,
+               domain_hint: str | None = None) -> dict[str, Any]:
+    """MSAL's auth-code flow dict (state, nonce, PKCE verifier, ``auth_uri``) for ``prompt=select_account``;
+    ``state``: ours (``shared.signin.flowstate.new_state``), else MSAL's random one."""
     client = _client(app, client_secret, settings)
     try:
         return client.initiate_auth_code_flow(
-            scopes, redirect_uri=settings.oauth_redirect_uri, prompt="select_account",
+            scopes, redirect_uri=settings.oauth_redirect_uri, prompt="select_account", state=state,
             login_hint=login_hint, domain_hint=domain_hint,
         )
     except Exception as exc:
@@ -154,7 +165,9 @@ def _tokens(result: Any) -> Tokens:
         description = _first_line(result.get("error_description")) or code
         if code in TRANSIENT_ERRORS:
             raise IdentityUnavailable(description)
-        raise IdentityError(code, description)
+        numbers = result.get("error_codes")
+        raise IdentityError(code, description, tuple(n for n in numbers if isinstance(n, int))
+                            if isinstance(numbers, list) else ())
     if not result.get("access_token"):
         raise IdentityUnavailable("the sign-in service answered without a token")
     scope = result.get("scope") or ""

@@ -77,7 +77,6 @@ later ``authenticationError`` webhook (unless ``MC_REAUTH_REDIRECT_URL`` is set)
 from __future__ import annotations
 
 import hashlib
-import hmac
 import logging
 import random
 import re
@@ -117,13 +116,13 @@ from shared.microsoft.identity import (
 )
 from shared.schemas import AccessCheck, LinkData
 from shared.settings import Settings
+from shared.signin import flowstate
 from shared.signin.pages import Choice
 from shared.storage.secrets.base import SecretStoreUnavailable
 from shared.storage.secrets.factory import get_secret_store
-from shared.storage.tables import accounts, apps, flows, links, principals
+from shared.storage.tables import accounts, apps, links, principals
 from shared.storage.tables.accounts import AUTH_ERROR, Account
 from shared.storage.tables.concurrency import ConcurrentChange, change_row
-from shared.storage.tables.flows import PendingFlow
 from shared.storage.tables.principals import Credential
 from shared.storage.tables.records import utcnow
 
@@ -186,19 +185,23 @@ def _cookie_name(state: str) -> str:
     return COOKIE_PREFIX + hashlib.sha256(state.encode()).hexdigest()[:16]
 
 
+def _chunk_name(name: str, index: int) -> str:
+    """The cookie holding part ``index`` of a flow too large for one (``flowstate``: a very long link)."""
+    return name if index == 0 else f"{name}_{index}"
+
+
 def _cookie(name: str, value: str, max_age: int, settings: Settings) -> str:
     secure = "" if settings.insecure_localhost else "; Secure"
     return f"{name}={value}; Max-Age={max_age}; Path=/oauth; HttpOnly; SameSite=Lax{secure}"
 
 
-def _digest(value: str) -> str:
-    return hashlib.sha256(value.encode()).hexdigest()
-
-
 # --- GET /accounts/new --------------------------------------------------------------------------------
 
 def start(data: str | None, sig: str | None, settings: Settings, choice: str | None = None) -> Redirect | Chooser:
-    """Verify the link, start MSAL's auth-code flow, store it, bind it to this browser.
+    """Verify the link, start MSAL's auth-code flow, seal it into this browser's cookie (``flowstate``).
+
+    Storage: one point read (is the link used?) and no write; the OAuth app is read only when this instance's
+    cache (``MC_AUTH_CACHE_SECONDS``) does not hold it.
 
     A link that names no OAuth app (EmailEngine's ``type`` false or absent while several apps are enabled)
     first needs the person's pick (``_pick_app``): the chooser page, whose options open this same link with
@@ -227,19 +230,20 @@ def start(data: str | None, sig: str | None, settings: Settings, choice: str | N
         scopes = scopes_for(app.cloud, app.baseScopes, delegated=link.delegated, extra=tuple(app.extraScopes))
         # Never hint a shared mailbox: it cannot sign in. An own mailbox may be hinted.
         hint = link.loginHint or (None if link.delegated else link.expectedEmail)
-        flow = start_flow(app, client_secret(app, settings), settings, scopes,
+        flow = start_flow(app, client_secret(app, settings), settings, scopes, state=flowstate.new_state(settings),
                           login_hint=hint, domain_hint=link.domainHint)
     except AppError as exc:
         return _to_app(link, exc.code, exc.description)
     except (IdentityUnavailable, SecretStoreUnavailable):
         raise HostedError("unavailable", mailbox=mailbox, retry_url=linkcodec.link_url(link, settings)) from None
-    binding = secrets.token_urlsafe(32)
-    flows.insert_flow(PendingFlow(
-        state=flow["state"], appId=app.id, flow=flow, link=link.model_dump(mode="json"),
-        binding=_digest(binding), expiresAt=utcnow() + timedelta(seconds=settings.flow_ttl_seconds),
-    ))
-    cookie = _cookie(_cookie_name(flow["state"]), binding, settings.flow_ttl_seconds, settings)
-    return Redirect(flow["auth_uri"], [cookie])
+    expires = utcnow() + timedelta(seconds=settings.flow_ttl_seconds)
+    sealed = flowstate.seal(flowstate.Flow(state=flow["state"], app_id=app.id, flow=flow,
+                                           link=link.model_dump(mode="json", exclude_none=True),
+                                           expires=expires.timestamp()), settings)
+    name = _cookie_name(flow["state"])
+    cookies = [_cookie(_chunk_name(name, i), value, settings.flow_ttl_seconds, settings)
+               for i, value in enumerate(sealed)]
+    return Redirect(flow["auth_uri"], cookies)
 
 
 @dataclass
@@ -282,35 +286,58 @@ def _pick_app(link: LinkData, data: str, sig: str, choice: str | None, settings:
 # --- GET /oauth ---------------------------------------------------------------------------------------
 
 def complete(params: dict[str, str], cookies: dict[str, str], settings: Settings) -> Redirect:
+    """Finish the sign-in of ``state`` from its sealed flow cookie (``flowstate``); nothing was stored at the start.
+
+    Refusals before the app is known are hosted pages: a state this service never made (``session_unknown``), no
+    cookie or one that does not open (``browser_mismatch``: another browser, tampered, another sign-in's, a key
+    not held), an expired flow (``session_expired``, with a retry link). No storage is read until the cookie
+    opened.
+
+    A callback is consumed once, without a flow row to consume. The cookie stays valid until it expires, so the
+    same callback (state + cookie + code) may arrive again, or several times at once; what stops it:
+
+    1. the link's used-link row (``_refuse_used_link``: one point read before the code is redeemed): once a
+       callback of this sign-in claimed the link, a replay ends on the ``session_unknown`` page (a callback of
+       another sign-in of the link: ``link_used`` at the app). A claim's ``owner`` is the state's random part
+       plus a token of this one callback, so a replay is never taken for the claim's own lost answer;
+    2. Microsoft's one-time code: callbacks racing past (1) send the same code, and all but one are refused with
+       AADSTS54005 (already redeemed), which ends on the ``session_unknown`` page too;
+    3. the link claim itself (``links.claim``, a conditional insert) and the account commit (ETag): single use is
+       enforced there whatever happened before.
+
+    A callback whose sign-in failed before the commit released its claim (the link may be retried); its replay
+    meets Microsoft's refusal of the spent code (2), never a second sign-in. Every callback that reaches the app
+    clears the cookie; one that failed before redeeming the code (storage down at (1)) tells the app
+    ``temporarily_unavailable``, and the link works again.
+    """
     state = params.get("state") or ""
     if not _STATE.fullmatch(state):  # fullmatch: "$" of match() would let a trailing newline through
         raise HostedError("session_unknown")
     name = _cookie_name(state)
-    clear = [_cookie(name, "", 0, settings)]
-    pending = flows.get_flow(state)
-    if pending is None or pending.consumed:
-        raise HostedError("session_unknown", cookies=clear)
-    try:  # stored by an older version: a link it accepted may break today's rules (e.g. a lone surrogate)
+    chunks = [cookies.get(_chunk_name(name, i), "") for i in range(flowstate.MAX_CHUNKS)]
+    clear = [_cookie(_chunk_name(name, i), "", 0, settings)
+             for i in range(flowstate.MAX_CHUNKS) if i == 0 or chunks[i]]
+    try:
+        pending = flowstate.open_flow(state, chunks, settings)
+    except flowstate.FlowRefused as exc:
+        # A missing cookie, or one that does not open (tampered, another sign-in's, a key not held): the page
+        # names neither the link nor the mailbox (pages.py "browser_mismatch": open the link again from where
+        # it came); a state this service never made is "session_unknown".
+        raise HostedError(exc.kind, cookies=clear if exc.kind == "browser_mismatch" and any(chunks) else []) \
+            from None
+    try:  # sealed by an older version: a link it accepted may break today's rules (e.g. a lone surrogate)
         link = LinkData.model_validate(pending.link)
     except ValidationError:
-        _best_effort("forget the flow", flows.forget_flow, state)
         raise HostedError("link_invalid", cookies=clear) from None
-    binding = cookies.get(name, "")
-    if not binding or not hmac.compare_digest(_digest(binding), pending.binding):
-        # Anyone who learns a state value could ask for this page: it names neither the link nor the mailbox
-        # (pages.py "browser_mismatch" tells the person to open the link again from where they got it).
-        raise HostedError("browser_mismatch")
-    if pending.expiresAt <= utcnow():
+    if pending.expires <= utcnow().timestamp():
         raise HostedError("session_expired", mailbox=link.email, retry_url=_retry_url(link, settings), cookies=clear)
     # From here the app's redirectUrl is known: every failure goes back there (../shared/DESIGN.md, the flow).
     try:
-        if not flows.claim_flow(pending):
-            raise HostedError("session_unknown", cookies=clear)
-        redirect = _finish(pending, link, params, settings)
+        redirect = _finish(pending, link, params, settings, clear)
     except AppError as exc:
         redirect = _to_app(link, exc.code, exc.description, exc.account)
     except HostedError:
-        raise  # the flow was consumed by another callback: nothing of this one to report to the app
+        raise  # the sign-in was completed by another callback: nothing of this one to report to the app
     except Exception as exc:  # noqa: BLE001 - storage or a bug: the app gets a clear error, never a 500
         if is_transient(exc):
             log.warning("sign-in: a dependency failed (%s); the link can be retried", type(exc).__name__)
@@ -318,7 +345,6 @@ def complete(params: dict[str, str], cookies: dict[str, str], settings: Settings
         else:
             log.exception("sign-in: unexpected error")
             redirect = _to_app(link, "server_error", "the sign-in could not be completed; try the link again")
-    _best_effort("forget the flow", flows.forget_flow, state)
     redirect.cookies.extend(clear)
     return redirect
 
@@ -347,19 +373,23 @@ def _to_app(link: LinkData, code: str, description: str, account: str | None = N
     return Redirect(with_query(link.redirectUrl, params))
 
 
-def _finish(pending: PendingFlow, link: LinkData, params: dict[str, str], settings: Settings) -> Redirect:
+def _finish(pending: flowstate.Flow, link: LinkData, params: dict[str, str], settings: Settings,
+            clear: list[str]) -> Redirect:
     if params.get("error"):
         code = params["error"][:64]
         description = (params.get("error_description") or code).strip().splitlines()[0][:300]
         raise AppError(code, description)
     if not params.get("code"):
         raise AppError("invalid_request", "the sign-in response carried no authorization code")
-    app = apps.get_app(pending.appId)
+    _refuse_used_link(pending, link, clear)  # before Microsoft's one-time code is spent on a sign-in that is over
+    app = apps.get_app(pending.app_id)
     if app is None:
         raise AppError("app_unavailable", "the OAuth app of this link is no longer available")
     try:
         tokens = redeem_code(app, client_secret(app, settings), settings, pending.flow, params)
     except IdentityError as exc:
+        if exc.code_already_redeemed:  # a replayed (or parallel) callback: its sign-in was done by the first
+            raise HostedError("session_unknown", cookies=clear) from None
         if exc.code == "invalid_client":
             forget_client_secret(app.id)
         raise AppError(exc.code, exc.description) from None
@@ -398,20 +428,22 @@ def _finish(pending: PendingFlow, link: LinkData, params: dict[str, str], settin
         _log_refusal(existing, account, refusal)
         raise refusal
 
+    owner = f"{pending.state[:22]}.{secrets.token_urlsafe(9)}"  # this callback (see complete's docstring)
     try:
         claimed = links.claim(link.nonce, account_id, datetime.fromtimestamp(link.exp, UTC),
-                              owner=pending.state, credential=cred_id)
+                              owner=owner, credential=cred_id)
     except Exception:
-        _best_effort("release the link", links.release, link.nonce, pending.state)  # the insert may have landed
+        _best_effort("release the link", links.release, link.nonce, owner)  # the insert may have landed
         raise
     if not claimed:
-        raise AppError("link_used", "this sign-in link was already used")
+        _refuse_used_link(pending, link, clear)
+        raise AppError("link_used", "this sign-in link was already used")  # released meanwhile: still refused
     try:
         stored = _store_credential(app.id, cred_id, tid, oid, upn, claims.get("name"), tokens, settings)
         principals.add_account(cred_id, account_id, mailbox)
         state, previous = _commit(account, proof, existing)
     except BaseException as exc:
-        _undo_before_commit(link.nonce, pending.state, cred_id, account_id, settings)
+        _undo_before_commit(link.nonce, owner, cred_id, account_id, settings)
         if isinstance(exc, SecretStoreUnavailable):
             raise AppError("temporarily_unavailable",
                            "the credential could not be stored; try the link again") from None
@@ -435,6 +467,18 @@ def _finish(pending: PendingFlow, link: LinkData, params: dict[str, str], settin
     if signer_changed:  # state stays "existing" (EmailEngine clients know new|existing); the flag says more
         back["signerChanged"] = "true"
     return Redirect(with_query(link.redirectUrl, back))
+
+
+def _refuse_used_link(pending: flowstate.Flow, link: LinkData, clear: list[str]) -> None:
+    """Stop a callback whose link is claimed: by another callback of this same sign-in (a replay, or the same
+    callback sent twice at once: the ``session_unknown`` page, as when a flow row was consumed), or by another
+    sign-in of the link (``link_used`` to the app). One point read (``links.get_used``)."""
+    holder = links.get_used(link.nonce)
+    if holder is None:
+        return
+    if holder.owner.startswith(f"{pending.state[:22]}."):
+        raise HostedError("session_unknown", cookies=clear)
+    raise AppError("link_used", "this sign-in link was already used")
 
 
 def _complete_link(link: LinkData, state: str, app_id: str) -> None:

@@ -165,9 +165,10 @@ class RefreshingSigner:
 _keys = KeyCache()
 
 
-def signing_keys(settings: Settings | None = None) -> KeyRing:
-    """The process's key ring (see the module docstring for when it is read again)."""
-    return _keys.ring(settings or get_settings())
+def signing_keys(settings: Settings | None = None, *, force: bool = False) -> KeyRing:
+    """The process's key ring (see the module docstring for when it is read again); ``force``: a key id it does
+    not hold was met, read it again now (rate limited: ``FORCED_REFRESH_SECONDS``)."""
+    return _keys.ring(settings or get_settings(), force=force)
 
 
 def signing_key(settings: Settings | None = None) -> bytes:

@@ -20,7 +20,7 @@ USED_ROW = ""
 
 class UsedLink(Record):
     account: str
-    owner: str = ""  # the flow state of the sign-in that claimed it (a lost answer is recognised as ours)
+    owner: str = ""  # the claiming callback: its state's random part + "." + a token of that callback (flow.py)
     # The credential the claiming sign-in writes: what the sweeper checks when the claim turns out dead (its
     # sign-in could neither commit nor release it), since a secret may have been written before the failure.
     credential: str = ""
@@ -37,7 +37,7 @@ def is_used(nonce: str) -> bool:
 
 
 def claim(nonce: str, account: str, expires_at: datetime, *, owner: str, credential: str = "") -> bool:
-    """True when this sign-in (``owner``, its flow state) holds the nonce; False when another one does.
+    """True when this callback (``owner``) holds the nonce; False when another one does.
 
     A claim whose insert landed but whose answer was lost (the SDK retries and meets its own row) is
     recognised by its owner instead of killing the link.

@@ -1,5 +1,5 @@
 """Timer functions: webhook delivery and its sweeper (``shared.webhooks.dispatcher``), the credential keep-alive
-(``shared.handoff.keepalive``), the storage sweeper (``shared.core.sweeper``: expired flows and used links, dead
+(``shared.handoff.keepalive``), the storage sweeper (``shared.core.sweeper``: used links of expired links, dead
 link claims, credentials no account uses). Schedules are NCRONTAB (seconds first), in UTC.
 
 A run that fails is logged by the host and simply retried at the next tick: every step is idempotent.
