@@ -105,9 +105,22 @@ def iso_date(value: str) -> str:
 
 
 class _MailboxSettingsRules(BaseModel):
-    """How the form and the account bodies read EmailEngine's mailbox settings (one home for both): one string
-    for ``subconnections``/``path`` is a one-element array, ``path`` ``*`` (every folder, the default) is not
-    kept, ``syncFrom``/``notifyFrom`` are ISO dates or date-times."""
+    """How the form and the account bodies read EmailEngine's values (one home for both): ``account`` trimmed
+    as JavaScript trims (blank: absent), a blank ``email``/``expectedEmail`` is absent, one string for
+    ``subconnections``/``path`` is a one-element array, ``path`` ``*`` (every folder, the default) is not
+    kept, ``syncFrom``/``notifyFrom`` are ISO dates or date-times. Rules for fields a body lacks do nothing."""
+
+    @field_validator("account", mode="before", check_fields=False)
+    @classmethod
+    def _trimmed_account(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return _JS_TRIM.sub("", value) or None
+        return value
+
+    @field_validator("email", "expectedEmail", mode="before", check_fields=False)
+    @classmethod
+    def _blank_email(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("subconnections", "path", mode="before", check_fields=False)
     @classmethod
@@ -160,18 +173,6 @@ class FormRequest(_WellFormedText, _MailboxSettingsRules):
         None, description="Folder paths to watch; one string is a one-element array; `*` (all folders, the "
                           "default) is not kept", json_schema_extra=_one_or_many({"minLength": 1, "maxLength": 1024}))
     expiresIn: int | None = Field(None, gt=0, description="Link lifetime in seconds (capped by the service)")
-
-    @field_validator("account", mode="before")
-    @classmethod
-    def _trimmed_account(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            return _JS_TRIM.sub("", value) or None
-        return value
-
-    @field_validator("email", "expectedEmail", mode="before")
-    @classmethod
-    def _blank_email(cls, value: Any) -> Any:
-        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("name", "delegated", "syncFrom", "notifyFrom", "path", mode="before")
     @classmethod
@@ -633,18 +634,6 @@ class AccountCreate(_AccountSettings):
     oauth2: DelegatedOAuth2
     imap: Literal[False] | None = Field(None, description="Only `false` (no IMAP settings of its own)")
     smtp: Literal[False] | None = Field(None, description="Only `false` (no SMTP settings of its own)")
-
-    @field_validator("account", mode="before")
-    @classmethod
-    def _trimmed_account(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            return _JS_TRIM.sub("", value) or None
-        return value
-
-    @field_validator("email", "expectedEmail", mode="before")
-    @classmethod
-    def _blank_email(cls, value: Any) -> Any:
-        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("email", "expectedEmail")
     @classmethod
