@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tools.azurite import stop_process
+
 ROOT = Path(__file__).resolve().parent.parent
 APP_REDIRECT = "https://app.example/connected"
 
@@ -138,13 +140,7 @@ class ServiceProcess:
             return [line for r in self.records for line in r.lines]
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
 
 
 @dataclass

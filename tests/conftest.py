@@ -155,3 +155,27 @@ def service(env, set_env, identity, imap, service_env):
         yield Service.create(f"http://localhost:{port}", identity)
     finally:
         server.stop()
+
+
+# --- webhooks (tests/test_webhooks.py, tests/test_ee_handoff_webhooks.py) ----------------------------------
+
+@pytest.fixture
+def fresh_webhook_caches() -> Iterator[None]:
+    """No access token or webhook secret remembered from another test."""
+    from shared.handoff.tokens import reset_token_cache
+    from shared.webhooks.targets import forget_secrets
+
+    reset_token_cache()
+    forget_secrets()
+    yield
+    reset_token_cache()
+
+
+@pytest.fixture
+def receiver() -> Iterator[object]:
+    """A webhook receiver on 127.0.0.1 (sandbox/fakes/webhooks.py), stopped after the test."""
+    from sandbox.fakes.webhooks import Receiver
+
+    r = Receiver().start()
+    yield r
+    r.stop()

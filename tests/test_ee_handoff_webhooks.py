@@ -13,30 +13,17 @@ from datetime import UTC, datetime
 
 import pytest
 
-from sandbox.fakes.webhooks import Clock, Receiver
+from sandbox.fakes.webhooks import Clock
 from shared.handoff.tokens import reset_token_cache
 from shared.settings import get_settings
 from shared.storage.tables import accounts
 from shared.webhooks.dispatcher import Dispatcher
-from shared.webhooks.targets import forget_secrets
 from tests.service import connect
 
 EE_DATE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")  # JavaScript's Date.toISOString()
 
 
-@pytest.fixture(autouse=True)
-def _fresh_caches():
-    reset_token_cache()
-    forget_secrets()
-    yield
-    reset_token_cache()
-
-
-@pytest.fixture
-def receiver():
-    r = Receiver().start()
-    yield r
-    r.stop()
+pytestmark = pytest.mark.usefixtures("fresh_webhook_caches")
 
 
 def oauth_token(service, account: str):

@@ -20,23 +20,9 @@ from shared.storage.tables import deliveries, outbox
 from shared.storage.tables.client import table
 from shared.webhooks.dispatcher import MAX_AGE, Dispatcher, RunReport
 from shared.webhooks.signature import verify_signature
-from shared.webhooks.targets import forget_secrets
 from tests.service import APP_REDIRECT, connect, query
 
-
-@pytest.fixture(autouse=True)
-def _fresh_caches():
-    reset_token_cache()
-    forget_secrets()
-    yield
-    reset_token_cache()
-
-
-@pytest.fixture
-def receiver():
-    r = Receiver().start()
-    yield r
-    r.stop()
+pytestmark = pytest.mark.usefixtures("fresh_webhook_caches")
 
 
 @pytest.fixture
