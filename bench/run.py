@@ -18,7 +18,9 @@ and Microsoft (HTTP) calls and IMAP logins it causes, counted in the service pro
 * callback: ``GET /oauth`` back from Microsoft (code redemption, access check, secret, index, account...);
   every callback connects another shared mailbox of the same signer;
 * warm token: ``GET /v1/account/{id}/oauth-token`` with the access token cached in the instance;
-* cold token: the same after the instance's access-token cache was emptied (a refresh with Microsoft);
+* token, another instance: the same after this instance's memory was emptied (the access token another instance
+  left on the credential row: issue 14 point 4);
+* cold token: the same with no live access token anywhere (a refresh with Microsoft);
 * account list: ``GET /v1/accounts`` (the first page).
 
 API tokens and OAuth apps come from the instance's cache (``MC_AUTH_CACHE_SECONDS``, default 5 s), warmed
@@ -116,7 +118,7 @@ def _imap_without_nagle() -> None:
     fake_imap._Handler.handle = handle_without_nagle
 
 
-def start_stack(auth_cache_seconds: float | None = None) -> Stack:
+def start_stack(auth_cache_seconds: float | None = None, secret_mode: str = "keyvault") -> Stack:
     import shared.settings
 
     shared.settings.LOCAL_SETTINGS_FILE = ROOT / "bench" / "no-local-settings.json"  # environment only
@@ -130,6 +132,7 @@ def start_stack(auth_cache_seconds: float | None = None) -> Stack:
     azurite = start_azurite()
     identity = FakeIdentity().start()
     keyvault = FakeKeyVault().start()
+    keyvault.create_key("mc-data-key")  # envelope mode's KEK (MC_DATA_KEY_NAME's default), as Bicep creates it
     imap = FakeImap(identity, Mailboxes(open_all=True)).start()
     port, control_port = free_port(), free_port()
     url = f"http://localhost:{port}"
@@ -142,6 +145,7 @@ def start_stack(auth_cache_seconds: float | None = None) -> Stack:
         "MC_AUTHORITY_HOST": identity.host,
         "MC_CA_BUNDLE": identity.ca_bundle,
         "MC_IMAP_HOST": imap.address,
+        "MC_SECRET_MODE": secret_mode,
     }
     if auth_cache_seconds is not None:  # default: the service's own (MC_AUTH_CACHE_SECONDS, 5 s)
         env["MC_AUTH_CACHE_SECONDS"] = str(auth_cache_seconds)
@@ -343,8 +347,10 @@ def run_operations(bench: Bench, n: int) -> list[Result]:
     bench.hand_off(accounts[0])  # the sign-in does not fill the access-token cache: the first hand-off does
     results.append(bench.counted("warm token", lambda i: accounts[0], bench.hand_off, n))
     results.append(bench.counted("account list", lambda i: i, bench.accounts, n))
+    results.append(bench.counted("token, another instance", lambda i: accounts[i % len(accounts)], bench.hand_off,
+                                 callbacks, between=lambda: bench.control("/forget-tokens")))
     results.append(bench.counted("cold token", lambda i: accounts[i % len(accounts)], bench.hand_off, callbacks,
-                                 between=lambda: bench.control("/forget-tokens")))
+                                 between=lambda: bench.control("/expire-tokens")))
     # One worker under load: 4 clients at once (a session each), the cheap operations.
     sessions = threading.local()
 
@@ -471,6 +477,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--auth-cache-seconds", type=float, default=None,
                         help="MC_AUTH_CACHE_SECONDS of the service (0: API tokens and apps read on every request)")
     parser.add_argument("--no-logs", action="store_true", help="skip the log lines per request")
+    parser.add_argument("--secret-mode", choices=("keyvault", "envelope"), default="keyvault",
+                        help="MC_SECRET_MODE of the service (where refresh tokens live)")
     parser.add_argument("--load", action="store_true",
                         help="load mode instead: concurrent HTTP clients (bench.load; its options follow)")
     args, rest = parser.parse_known_args(argv)
@@ -492,7 +500,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING)
     info = machine()
     cold = cold_start(args.repeat)  # first, while the machine is quiet
-    stack = start_stack(args.auth_cache_seconds)
+    stack = start_stack(args.auth_cache_seconds, args.secret_mode)
     try:
         results = run_operations(Bench(stack), args.samples)
     finally:

@@ -8,15 +8,17 @@ Arithmetic only (no service, no Azure): docs/performance.md "Scale" explains the
 
 Designs:
 
-* ``keyvault`` (today): one Key Vault secret (the refresh token) per credential; an access-token cache per
-  instance. A hand-off on an instance that holds no live access token for the credential is *cold*: 1 Key
-  Vault read, 1 Microsoft refresh, 2 Table reads (account, credential); a warm one is 1 Table read.
-* ``keyvault+shared`` (issue 14 point 4 alone): the access token and its expiry on the credential row, so a
-  credential is refreshed at most once per token lifetime across all instances; the refresh still reads the
-  refresh token from Key Vault.
-* ``envelope`` (issue 14 points 3 + 4, not built): refresh tokens and access tokens are AES-GCM ciphertext
-  in the credential row under a data key unwrapped once per instance; a refresh is 1 Table read + 1
-  ETag-conditioned write + 1 Microsoft call and no Key Vault call.
+* ``keyvault`` (before issue 14 point 4, for comparison): one Key Vault secret (the refresh token) per
+  credential; an access-token cache per instance. A hand-off on an instance that holds no live access token
+  for the credential is *cold*: 1 Key Vault read, 1 Microsoft refresh, 2 Table reads (account, credential); a
+  warm one is 1 Table read.
+* ``keyvault+shared`` (built: ``MC_SECRET_MODE=keyvault``): the access token, sealed, and its expiry on the
+  credential row, so a credential is refreshed at most once per token lifetime across all instances. A
+  hand-off the instance's memory cannot serve reads the credential row too (2 Table reads); a refresh adds
+  the claim and the result writes (2 Table writes), 1 Key Vault read of the refresh token and 1 Microsoft
+  call.
+* ``envelope`` (built: ``MC_SECRET_MODE=envelope``): the same, with the refresh token sealed on the row under
+  a data key unwrapped once per instance: no Key Vault call per refresh.
 
 Cold hand-offs are a renewal process: after a cached token expires (lifetime L), the next request for that
 credential arrives after 1/λ on average (requests are Poisson), and that request refreshes; so refreshes per
@@ -87,14 +89,15 @@ def model(design: str, accounts: int, a: Assumptions = Assumptions()) -> Load:
         cold = caches * refreshes_per_hour(per_credential / a.instances, lifetime) / 3600
         table = handoffs + cold + keepalive * 2 + auth_reads  # warm: account; cold: + credential
         keyvault = cold + keepalive + min(rotation_writes, cold + keepalive)
-    elif design == "keyvault+shared":
-        cold = credentials * refreshes_per_hour(per_credential, lifetime) / 3600
-        table = handoffs + 2 * cold + 2 * keepalive + auth_reads  # cold: + claim write with the new token
-        keyvault = cold + keepalive + min(rotation_writes, cold + keepalive)
-    elif design == "envelope":
-        cold = credentials * refreshes_per_hour(per_credential, lifetime) / 3600
-        table = handoffs + cold + 2 * keepalive + auth_reads  # cold: + the ETag-conditioned write
-        keyvault = a.instances / (a.instance_start_hours * 3600)  # one unwrap per instance start
+    elif design in ("keyvault+shared", "envelope"):
+        # Hand-offs this instance's memory cannot serve (the old design's "cold"): + the credential row's read.
+        misses = credentials * a.instances * refreshes_per_hour(per_credential / a.instances, lifetime) / 3600
+        cold = credentials * refreshes_per_hour(per_credential, lifetime) / 3600  # refreshes, across instances
+        table = handoffs + misses + 2 * cold + 3 * keepalive + auth_reads  # refresh: + claim and result writes
+        if design == "keyvault+shared":
+            keyvault = cold + keepalive + min(rotation_writes, cold + keepalive)
+        else:
+            keyvault = a.instances / (a.instance_start_hours * 3600)  # one unwrap per instance start
     else:
         raise ValueError(design)
     microsoft = cold + keepalive

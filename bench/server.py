@@ -62,11 +62,32 @@ class _Control(BaseHTTPRequestHandler):
         if self.path == "/reset":
             with _lock:
                 _counts.clear()
-        elif self.path == "/forget-tokens":
+        elif self.path == "/forget-tokens":  # this instance's memory only: as another instance would be
             from shared.handoff.tokens import reset_token_cache
 
             reset_token_cache()
+        elif self.path == "/expire-tokens":  # everywhere: the shared cache on the credential rows too (uncounted)
+            from shared.handoff.tokens import reset_token_cache
+
+            with _lock:
+                before = dict(_counts)
+            reset_token_cache()
+            _empty_shared_cache()
+            with _lock:
+                _counts.clear()
+                _counts.update(before)
         self._answer({"ok": True})
+
+
+def _empty_shared_cache() -> None:
+    from azure.data.tables import UpdateMode
+
+    from shared.storage.tables.client import table
+
+    client = table("principals")
+    for row in client.query_entities("RowKey eq 'credential'", select=["PartitionKey"]):
+        client.update_entity({"PartitionKey": row["PartitionKey"], "RowKey": "credential", "accessTokens": "{}"},
+                             mode=UpdateMode.MERGE)
 
 
 def main(argv: list[str] | None = None) -> None:

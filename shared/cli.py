@@ -116,6 +116,32 @@ def _rotate_signing_key(args: argparse.Namespace) -> int:
     return 0
 
 
+def _rotate_data_key(args: argparse.Namespace) -> int:
+    """A new current data key for envelope mode (``shared.storage.datakeys``); old keys stay in the ring, so every
+    ciphertext keeps opening, and the storage sweeper seals rows again under the new key. Never prints a key."""
+    from shared.settings import get_settings
+    from shared.storage.datakeys import REFRESH_SECONDS, rotate
+
+    kid = rotate(get_settings())
+    print(f"data key rotated: new key id {kid}; every instance seals with it within {int(REFRESH_SECONDS)} s, and "
+          "the storage sweeper re-seals older refresh tokens in the background")
+    return 0
+
+
+def _migrate_secrets(args: argparse.Namespace) -> int:
+    """Move every refresh token and client secret into the form of ``--to`` (``shared.core.secret_placement``)."""
+    from shared.core.secret_placement import migrate
+    from shared.settings import get_settings
+
+    settings = get_settings()
+    if settings.secret_mode != args.to:
+        print(f"note: MC_SECRET_MODE is {settings.secret_mode}; set it to {args.to} on the function app too, so "
+              "new sign-ins write that form", file=sys.stderr)
+    report = migrate(settings, args.to, progress=lambda text: print(text, file=sys.stderr))
+    print(json.dumps({"to": args.to, **report.as_dict()}))
+    return 1 if report.busy else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m shared.cli", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -153,6 +179,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="rotate although the previous key is still in its grace "
                                                         "(links signed with it stop working)")
     p.set_defaults(run=_rotate_signing_key)
+
+    p = sub.add_parser("rotate-data-key", help="a new envelope-mode data key (old ciphertext keeps opening; the "
+                                               "sweeper re-seals it in the background)")
+    p.set_defaults(run=_rotate_data_key)
+
+    p = sub.add_parser("migrate-secrets", help="move refresh tokens and client secrets between Key Vault secrets "
+                                               "(keyvault) and sealed Table rows (envelope); safe to run again")
+    p.add_argument("--to", required=True, choices=("keyvault", "envelope"))
+    p.set_defaults(run=_migrate_secrets)
     return parser
 
 

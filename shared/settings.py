@@ -41,6 +41,8 @@ class Settings(BaseModel):
     table_prefix: str = Field("", alias="MC_TABLE_PREFIX", pattern=r"^[A-Za-z]?[A-Za-z0-9]{0,20}$")
     key_vault_url: str | None = Field(None, alias="MC_KEY_VAULT_URL")
     local_secret_key: str | None = Field(None, alias="MC_LOCAL_SECRET_KEY")
+    # Envelope mode: the Key Vault key (KEK) that wraps the data keys (Bicep creates it; keyvault.bicep).
+    data_key_name: str = Field("mc-data-key", alias="MC_DATA_KEY_NAME", pattern=r"^[0-9A-Za-z-]{1,127}$")
     signing_key: str | None = Field(None, alias="MC_SIGNING_KEY")
     redirect_allowlist: str = Field("", alias="MC_REDIRECT_ALLOWLIST")
     link_ttl_seconds: int = Field(24 * 3600, alias="MC_LINK_TTL_SECONDS", gt=0)
@@ -74,11 +76,15 @@ class Settings(BaseModel):
     # the first request (from these settings).
     log_level: LogLevel | None = Field(None, alias="MC_LOG_LEVEL")
     sdk_log_level: LogLevel = Field("WARNING", alias="MC_SDK_LOG_LEVEL")
+    # Where refresh tokens and client secrets live (shared/storage/sealed.py): keyvault (default: one Key Vault
+    # secret per credential) | envelope (AES-256-GCM ciphertext on the Table row, under data keys wrapped by a
+    # Key Vault key: shared/storage/datakeys.py). `python -m shared.cli migrate-secrets` moves a deployment.
+    secret_mode: Literal["keyvault", "envelope"] = Field("keyvault", alias="MC_SECRET_MODE")
     # Client id of the user-assigned managed identity (set by the Bicep template).
     azure_client_id: str | None = Field(None, alias="AZURE_CLIENT_ID")
     in_azure: bool = False
 
-    @field_validator("access_check", mode="before")
+    @field_validator("access_check", "secret_mode", mode="before")
     @classmethod
     def _lower(cls, value: object) -> object:
         return value.strip().lower() if isinstance(value, str) else value

@@ -31,8 +31,25 @@ def table_prefix() -> str:
     return "t" + secrets.token_hex(6)
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Tests marked ``both_secret_modes`` run once per ``MC_SECRET_MODE`` (issue 14, point 3: both pass the same
+    tests); the others run in the default mode. ``secret_mode_only`` exempts a test about one mode's own storage
+    (Key Vault secrets written, a secret store throttled): its counterpart in the other mode is named beside it."""
+    if metafunc.definition.get_closest_marker("both_secret_modes") and "secret_mode" in metafunc.fixturenames:
+        only = metafunc.definition.get_closest_marker("secret_mode_only")
+        if only is None:
+            metafunc.parametrize("secret_mode", ["keyvault", "envelope"], indirect=True)
+
+
+@pytest.fixture(autouse=True)
+def secret_mode(request: pytest.FixtureRequest) -> str:
+    """``MC_SECRET_MODE`` of the test (``env`` sets it): ``keyvault``, unless marked ``both_secret_modes``."""
+    return getattr(request, "param", "keyvault")
+
+
 @pytest.fixture
-def env(monkeypatch: pytest.MonkeyPatch, azurite: Azurite, table_prefix: str, tmp_path) -> dict[str, str]:
+def env(monkeypatch: pytest.MonkeyPatch, azurite: Azurite, table_prefix: str, tmp_path,
+        secret_mode: str) -> dict[str, str]:
     """A clean local configuration on Azurite; tests add or override keys through ``set_env``."""
     for name in list(os.environ):
         if name.startswith(_OURS):
@@ -45,6 +62,7 @@ def env(monkeypatch: pytest.MonkeyPatch, azurite: Azurite, table_prefix: str, tm
         "MC_TABLE_PREFIX": table_prefix,
         "MC_LOCAL_SECRET_KEY": base64.b64encode(secrets.token_bytes(32)).decode(),
         "MC_SIGNING_KEY": secrets.token_urlsafe(32),
+        "MC_SECRET_MODE": secret_mode,
     }
     for key, value in values.items():
         monkeypatch.setenv(key, value)
@@ -56,11 +74,13 @@ def env(monkeypatch: pytest.MonkeyPatch, azurite: Azurite, table_prefix: str, tm
 def _reset() -> None:
     from shared.handoff.tokens import reset_token_cache
     from shared.microsoft.identity import _http_cache
+    from shared.storage.datakeys import reset_data_keys
     from shared.storage.keys import reset_keys
     from shared.storage.secrets.factory import reset_secret_store
 
     get_settings.cache_clear()
     reset_keys()  # the signing key ring read from a Key Vault fake of an earlier test
+    reset_data_keys()  # the data keys (envelope mode) of an earlier test's tables
     reset_clients()
     reset_secret_store()
     _http_cache.clear()  # MSAL discovery is keyed by URL, and fakes of different tests may reuse a port
@@ -99,10 +119,12 @@ def service_env() -> dict[str, str | None]:
 
 @pytest.fixture
 def keyvault(monkeypatch):
-    """The Key Vault fake, and the process's Azure credential replaced by a fake one."""
+    """The Key Vault fake (with the data-key KEK ``mc-data-key``, as Bicep creates it), and the process's Azure
+    credential replaced by a fake one."""
     from sandbox.fakes.keyvault import FakeCredential, FakeKeyVault
 
     vault = FakeKeyVault().start()
+    vault.create_key("mc-data-key")
     monkeypatch.setattr("shared.storage.azure_credential.get_azure_credential", lambda settings: FakeCredential())
     yield vault
     vault.stop()

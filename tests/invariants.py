@@ -24,7 +24,6 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from shared.handoff.tokens import reset_token_cache
 from shared.storage.secrets.base import SecretNotFound
 from shared.storage.secrets.factory import get_secret_store
 from shared.storage.tables.client import table
@@ -74,8 +73,48 @@ def index_rows() -> list[tuple[str, str]]:
             for r in table("principals").query_entities("RowKey ne 'credential'")]
 
 
+def stored_refresh_token(credential: Any) -> str:
+    """The refresh token a credential row refers to, in either ``MC_SECRET_MODE`` form (``shared.storage.sealed``)."""
+    from shared.settings import get_settings
+    from shared.storage.sealed import get_secret
+    from shared.storage.tables.principals import refresh_aad
+
+    return get_secret(get_settings(), secret_name=credential.secretName, sealed=credential.sealedRefreshToken,
+                      aad=refresh_aad(credential.credentialId))
+
+
+def stored_client_secret(app: Any) -> str:
+    """The client secret an OAuth app row refers to, in either ``MC_SECRET_MODE`` form."""
+    from shared.core.apps import client_secret_aad
+    from shared.settings import get_settings
+    from shared.storage.sealed import get_secret
+
+    return get_secret(get_settings(), secret_name=app.secretName, sealed=app.sealedClientSecret,
+                      aad=client_secret_aad(app.id))
+
+
+def expire_access_tokens(*, new_process: bool = False) -> None:
+    """As if every access token had run out: this process's cache and the one every instance shares on the
+    credential rows (``shared.handoff.tokens``) are emptied, so the next hand-off redeems the refresh token.
+    ``new_process``: this process also forgets what else it remembers (failures, claims it abandoned)."""
+    from azure.data.tables import UpdateMode
+
+    from shared.handoff.tokens import forget_access_tokens, reset_token_cache
+
+    (reset_token_cache if new_process else forget_access_tokens)()
+    client = table("principals")
+    for row in client.query_entities("RowKey eq 'credential'", select=["PartitionKey", "RowKey"]):
+        client.update_entity({"PartitionKey": row["PartitionKey"], "RowKey": "credential", "accessTokens": "{}"},
+                             mode=UpdateMode.MERGE)
+
+
 def credential_rows() -> dict[str, dict]:
     return {r["PartitionKey"]: r for r in table("principals").query_entities("RowKey eq 'credential'")}
+
+
+def has_refresh_token(row: dict) -> bool:
+    """The credential row holds its refresh token sealed (envelope mode) or names a secret that exists."""
+    return bool(row.get("sealedRefreshToken")) or (bool(row.get("secretName")) and secret_exists(row["secretName"]))
 
 
 def secret_exists(name: str) -> bool:
@@ -100,16 +139,14 @@ def check_consistency(service) -> Consistency:
     """Every account is whole and answers 200, or degraded (the documented narrow race of a delete or re-bind
     with a sign-in of the same credential) and answers 403 ``OauthRenewError``, never a 5xx or a
     token; leftovers are counted, not asserted (the callers decide)."""
-    from shared.signin.flow import credential_secret_name
-
     found = Consistency()
-    reset_token_cache()  # the next hand-off must read the credential (a cached access token hides nothing)
+    expire_access_tokens()  # the next hand-off must read the credential (a cached access token hides nothing)
     index = set(index_rows())
     creds = credential_rows()
     rows = account_rows()
     for row in rows:
         account, cred = row["PartitionKey"], row["credentialId"]
-        whole = cred in creds and (cred, account) in index and secret_exists(credential_secret_name(cred))
+        whole = cred in creds and (cred, account) in index and has_refresh_token(creds[cred])
         answer = service.api("GET", f"/v1/account/{account}/oauth-token")
         if whole:
             assert answer.status_code == 200, (account, answer.status_code, answer.text)
@@ -175,9 +212,10 @@ def problems(found: Survey, *, dead_claims_allowed: bool = False) -> list[str]:
     out: list[str] = [f"flow row {key[:8]}.. stored (a pending sign-in lives in its cookie)" for key in found.flows]
     for account, row in found.accounts.items():
         cred = row["credentialId"]
+        sealed = bool(found.credentials.get(cred, {}).get("sealedRefreshToken"))  # envelope mode: on the row
         missing = [what for what, ok in (("credential row", cred in found.credentials),
                                           ("index row", (cred, account) in found.index),
-                                          ("secret", f"{SECRET_PREFIX}{cred}" in found.secrets)) if not ok]
+                                          ("secret", sealed or f"{SECRET_PREFIX}{cred}" in found.secrets)) if not ok]
         if missing:
             out.append(f"account {account} is not whole: no {', no '.join(missing)} (invariant 4)")
         if found.added_events[account] > 1:
@@ -218,7 +256,7 @@ def refresh_tokens_in_tables(identity, prefix: str) -> list[str]:
 
 def whole_and_working(service, account: str) -> str | None:
     """None when the account's hand-off answers 200 (after dropping cached access tokens), else why not."""
-    reset_token_cache()
+    expire_access_tokens()
     answer = service.api("GET", f"/v1/account/{account}/oauth-token")
     if answer.status_code != 200:
         return f"token hand-off of {account}: {answer.status_code} {answer.text[:200]}"

@@ -8,12 +8,13 @@ import logging
 import pytest
 
 from shared.microsoft import access_check
-from shared.settings import load_settings
+from shared.settings import get_settings, load_settings
 from shared.signin.flow import credential_id
 from shared.storage.secrets.factory import get_secret_store
 from shared.storage.tables import accounts, principals
 from shared.storage.tables.accounts import AUTH_ERROR, CONNECTED
 from shared.storage.tables.client import table
+from shared.webhooks.dispatcher import Dispatcher
 from tests.service import Service
 from tools.azurite import free_port
 
@@ -266,8 +267,26 @@ def test_a_successful_sign_in_reconnects_the_credentials_other_accounts(service,
     assert accounts.get_account(first).state == AUTH_ERROR
     second = service.sign_in(service.link(email="b@contoso.com", delegated=True), bob).result["account"]
     assert accounts.get_account(second).state == CONNECTED
+    # The callback no longer reads the old credential row (issue 14 point 5): the next delivery run reconnects the
+    # credential's other accounts, off the hot path.
+    assert accounts.get_account(first).state == AUTH_ERROR
+    report = Dispatcher(get_settings()).run()
     reconnected = accounts.get_account(first)
     assert reconnected.state == CONNECTED and reconnected.errorCode is None
+    assert report.fanned_out >= 1
+
+
+def test_repairing_a_broken_account_reconnects_its_credential_at_once(service, identity):
+    from shared.core.account_state import mark_reauthentication_required
+
+    bob = identity.add_user("bob@contoso.com")
+    first = service.sign_in(service.link(email="a@contoso.com", delegated=True), bob).result["account"]
+    second = service.sign_in(service.link(email="b@contoso.com", delegated=True), bob).result["account"]
+    cred = credential_id(service.app.id, bob.tid, bob.oid)
+    assert mark_reauthentication_required(cred, "invalid_grant", "the refresh token was revoked") == 2
+    again = service.sign_in(service.link(account=first, email="a@contoso.com", delegated=True), bob).result
+    assert again["account"] == first
+    assert {accounts.get_account(a).state for a in (first, second)} == {CONNECTED}  # no delivery run needed
 
 
 # --- the module on its own ------------------------------------------------------------------------------

@@ -7,7 +7,8 @@ Every statement of those sections is checked here, or its documented deliberate 
 * listing: ``page`` (0-based), ``pageSize`` (<= 1000, default 20), ``state``, ``query``; ``{total, page, pages,
   accounts}``; items with ``account``, ``type``, ``state``, ``name``, ``email``, ``app``, ``lastError``; totals
   that stay right under concurrent sign-ins, deletes and changes of state (threads against the service), and
-  for restricted tokens; the cost bounds (``page_too_deep``, ``query_too_broad``) and the count's repair;
+  for restricted tokens; a sign-in counted by the next webhook delivery run (not by the callback), once however
+  often its events are processed; the cost bounds (``page_too_deep``, ``query_too_broad``) and the count's repair;
 * one account: ``type``, ``oauth2`` (``provider``, ``auth.user``/``delegatedUser``/``delegatedAccount``),
   ``lastError``; 404; ``PUT`` answering ``{"account"}``; ``DELETE`` answering ``{account, deleted: true}`` and
   ``revoke=true`` (Microsoft has no per-app revocation: the service destroys its copy of the grant, and says so);
@@ -22,6 +23,7 @@ from datetime import timedelta
 
 import pytest
 
+from sandbox.fakes.webhooks import Clock
 from shared.admin import accounts as admin_accounts
 from shared.core import account_state
 from shared.core.sweeper import run_sweeper
@@ -29,9 +31,10 @@ from shared.settings import get_settings
 from shared.signin.flow import credential_id, credential_secret_name, derived_account_id
 from shared.storage.secrets.base import SecretNotFound
 from shared.storage.secrets.factory import get_secret_store
-from shared.storage.tables import accounts, counts, principals
+from shared.storage.tables import accounts, counts, outbox, principals
 from shared.storage.tables.accounts import AUTH_ERROR
 from shared.storage.tables.client import table
+from shared.webhooks.dispatcher import Dispatcher, RunReport
 from tests.invariants import account_rows, back_at_app, prepare
 from tests.service import Service, connect
 from tests.test_management_api import write_account
@@ -72,6 +75,20 @@ def mint(service: Service, **body) -> str:
     response = service.api("POST", "/v1/tokens", json={"name": "restricted", **body})
     assert response.status_code == 201, response.text
     return response.json()["token"]
+
+
+def deliver(clock: Clock | None = None) -> RunReport:
+    """One webhook delivery run, as the 10 s timer runs it: it counts the accounts of sign-ins (whose callback
+    does not: ``shared.webhooks.dispatcher``), with or without webhook targets."""
+    return Dispatcher(get_settings(), clock=clock or Clock()).run()
+
+
+def member_state(account_id: str) -> str | None:
+    """What the account's membership row (``shared.storage.tables.counts``) counts it as; None: no row."""
+    row = table(counts.TABLE).query_entities("RowKey eq @rk", parameters={"rk": counts.member_key(account_id)})
+    found = [str(r.get("state") or "") for r in row]
+    assert len(found) <= 1, found
+    return found[0] if found else None
 
 
 def event_types(account_id: str) -> list[str]:
@@ -195,6 +212,7 @@ def test_restricted_tokens_get_totals_of_what_they_see(service, identity):
         write_account(service, f"a-{i}", f"a{i}@contoso.com")
     for i in range(3):
         connect(service, identity.add_user(f"b{i}@contoso.com"), account=f"b-{i}", type=app_b.id)
+    deliver()  # counts the sign-ins
     assert listing(service, page=0)["total"] == 7
     only_b = mint(service, apps=[app_b.id])
     body = listing(service, only_b, page=0, pageSize=2)
@@ -236,6 +254,9 @@ def test_totals_stay_right_under_concurrent_sign_ins_deletes_and_changes_of_stat
     signed = [back_at_app(r) for r in results[:len(pending)]]
     assert all(r.get("state") in ("new", "existing") or r.get("error") == "temporarily_unavailable" for r in signed)
     assert [r.status_code for r in results[len(pending):len(pending) + len(doomed)]] == [200] * len(doomed)
+    # deletes and changes of state counted at once; the sign-ins not yet: the delivery run of their events does
+    assert accounts.count_accounts([service.app.id]) == 6
+    deliver()
     rows = account_rows()
     by_state = Counter(row["state"] for row in rows)
     assert by_state["authenticationError"] == 6
@@ -244,6 +265,51 @@ def test_totals_stay_right_under_concurrent_sign_ins_deletes_and_changes_of_stat
     for state in ("connected", "authenticationError"):
         assert listing(service, page=0, pageSize=1, state=state)["total"] == by_state[state], state
     assert accounts.count_accounts([service.app.id]) == len(rows)
+
+
+def test_a_sign_in_is_counted_by_the_next_delivery_run_not_by_the_callback(service, identity):
+    """The callback skips the count's sync (4 Table requests); the delivery run of its events, with no webhook
+    configured, does it. Other writes count at once."""
+    write_account(service, "old", "old@contoso.com")
+    ann = identity.add_user("ann@contoso.com")
+    account = connect(service, ann, account="ann")
+    assert member_state(account) is None and accounts.count_accounts([service.app.id]) == 1
+    # listed, not yet counted (pageSize=1: a page that lists more rows than the count says shows those rows)
+    assert listing(service, page=0, pageSize=1)["total"] == 1 and len(every_id(service)) == 2
+    assert len(outbox.pending()) == 3  # accountAdded, authenticationSuccess, accountInitialized
+
+    report = deliver()
+    assert (report.fanned_out, report.counted) == (3, 1)  # no target: fanned out to no one, and counted
+    assert member_state(account) == "connected" and outbox.pending() == [] and event_types(account) == []
+    assert listing(service, page=0)["total"] == 2 == accounts.count_accounts([service.app.id])
+    assert listing(service, page=0, state="connected")["total"] == 2
+
+    connect(service, ann, account="ann")  # a repeated sign-in: counted already, and still once after its run
+    assert deliver().counted == 1 and accounts.count_accounts([service.app.id]) == 2
+    assert service.api("DELETE", f"/v1/account/{account}").status_code == 200  # a delete: at once
+    assert listing(service, page=0)["total"] == 1 and member_state(account) == ""
+    assert deliver().counted == 1 and accounts.count_accounts([service.app.id]) == 1  # its event: no change
+
+
+def test_processing_a_sign_ins_events_again_does_not_count_it_twice(service, identity, monkeypatch):
+    """At least once: a run that stops before its clean-up leaves the events to be processed again (by the next
+    run, two runs at once, the sweeper); each syncs the account again, and the count stays one."""
+    account = connect(service, identity.add_user("bo@contoso.com"), account="bo")
+    monkeypatch.setattr(outbox, "delete_event", lambda *a: None)  # fanned out, never cleaned up
+    monkeypatch.setattr(outbox, "remove_index", lambda *a: None)
+    clock = Clock()
+    assert deliver(clock).counted == 1 and accounts.count_accounts([service.app.id]) == 1
+    assert deliver(clock).counted == 1 and accounts.count_accounts([service.app.id]) == 1  # the same events again
+    reports = together(lambda: deliver(clock), lambda: deliver(clock))  # two runs at once
+    assert [(r.fanned_out, r.counted) for r in reports] == [(3, 1), (3, 1)]
+    clock.advance(minutes=3)
+    assert Dispatcher(get_settings(), clock=clock).sweep() == 3  # and the sweeper's scan finds them once more
+    assert accounts.count_accounts([service.app.id]) == 1
+    monkeypatch.undo()
+    assert deliver(clock).counted == 1 and outbox.pending() == [] and event_types(account) == []
+    assert member_state(account) == "connected"
+    assert listing(service, page=0)["total"] == 1 == accounts.count_accounts([service.app.id])
+    assert listing(service, page=0, state="connected")["total"] == 1
 
 
 def test_the_sweeper_repairs_counts_a_crash_or_an_older_version_left(service, monkeypatch):

@@ -14,16 +14,16 @@ from datetime import UTC, datetime
 import pytest
 
 from sandbox.fakes.webhooks import Clock
-from shared.handoff.tokens import reset_token_cache
 from shared.settings import get_settings
 from shared.storage.tables import accounts
 from shared.webhooks.dispatcher import Dispatcher
+from tests.invariants import expire_access_tokens
 from tests.service import connect
 
 EE_DATE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")  # JavaScript's Date.toISOString()
 
 
-pytestmark = pytest.mark.usefixtures("fresh_webhook_caches")
+pytestmark = [pytest.mark.usefixtures("fresh_webhook_caches"), pytest.mark.both_secret_modes]
 
 
 def oauth_token(service, account: str):
@@ -89,7 +89,7 @@ def test_cached_is_false_after_a_refresh_and_true_when_served_from_the_cache(ser
     assert (second["accessToken"], second["expires"]) == (first["accessToken"], first["expires"])
     refreshes = sum(1 for r in identity.token_requests if r["grant_type"] == "refresh_token")
     assert refreshes == 1, "the cached answer did not ask Microsoft"
-    reset_token_cache()  # as if the access token had run out
+    expire_access_tokens()  # as if the access token had run out
     third = oauth_token(service, account).json()
     assert third["cached"] is False and EE_DATE.match(third["expires"])
 

@@ -58,12 +58,20 @@ from shared.microsoft.identity import refresh
 from shared.settings import get_settings
 from shared.signin.flow import derived_account_id
 from shared.signin.pages import PAGES
-from shared.storage.secrets.factory import get_secret_store
 from shared.storage.tables import accounts, apitokens, apps, principals
 from shared.storage.tables.client import table
 from shared.storage.tables.records import utcnow
 from tests.faults import BATCH, ConnectionFault, DiskAzurite, FaultProxy, collection, entity, fast_clients
-from tests.invariants import back_at_app, prepare, problems, refresh_tokens_in_tables, survey, whole_and_working
+from tests.invariants import (
+    back_at_app,
+    expire_access_tokens,
+    prepare,
+    problems,
+    refresh_tokens_in_tables,
+    stored_refresh_token,
+    survey,
+    whole_and_working,
+)
 from tests.service import APP_REDIRECT, Browser, Service, query
 
 IMAP_SCOPE = "https://outlook.office.com/IMAP.AccessAsUser.All"
@@ -145,6 +153,7 @@ def keyvault(monkeypatch):
     from sandbox.fakes.keyvault import FakeCredential, FakeKeyVault
 
     vault = FakeKeyVault()
+    vault.create_key("mc-data-key")  # envelope mode's KEK, as Bicep creates it
     thread = threading.Thread(target=vault.server.httpd.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True)
     thread.start()
     monkeypatch.setattr("shared.storage.azure_credential.get_azure_credential", lambda settings: FakeCredential())
@@ -439,7 +448,7 @@ def token_request_with_fault(service, identity, injector, *, rotation: bool, key
     if rotation:  # the stored refresh token is due to be replaced by the newest one
         credential = credential.model_copy(update={"tokenWrittenAt": utcnow() - timedelta(days=2)})
         principals.upsert_credential(credential)
-    reset_token_cache()
+    expire_access_tokens()
     apitokens.clear_cache()  # the API token's cached check has expired: this request reads its row
     injector.arm()
     try:
@@ -465,7 +474,7 @@ def token_request_with_fault(service, identity, injector, *, rotation: bool, key
     if row.state != "connected" or row.errorCode or events:
         devs.add("marked-broken", f"{row.state} {row.errorCode} ({len(events)} authenticationError event(s))")
 
-    reset_token_cache()
+    expire_access_tokens()
     again = service.api("GET", f"/v1/account/{account}/oauth-token")
     if again.status_code != 200:
         devs.add("not-recovered", f"{again.status_code} {again.text[:200]}")
@@ -473,7 +482,7 @@ def token_request_with_fault(service, identity, injector, *, rotation: bool, key
     if rotation and utcnow() - stored.tokenWrittenAt > timedelta(minutes=5):
         devs.add("not-rotated", f"tokenWrittenAt {stored.tokenWrittenAt}")
     try:
-        refresh(service.app, service.client_secret, get_settings(), get_secret_store().get(stored.secretName),
+        refresh(service.app, service.client_secret, get_settings(), stored_refresh_token(stored),
                 [IMAP_SCOPE])
     except Exception as exc:  # noqa: BLE001 - reported
         devs.add("not-working", f"the stored refresh token does not work: {type(exc).__name__}")
@@ -489,13 +498,14 @@ TABLE_FAULTS = {f.name: f for f in (
 )}
 
 CALLBACK_STEPS = {s.name: (s, phase) for s, phase in (
-    (Step("link-check", "GET", entity("links")), "before"),  # flow._refuse_used_link, before the code's redemption
+    (Step("account-read", "GET", entity("accounts", row="")), "before"),  # the re-binding rules, before any write
     (Step("nonce-claim", "POST", collection("links")), "before"),
-    (Step("secret-write", "PUT", entity("secrets", "rt-[0-9a-f]+")), "before"),
-    (Step("credential-row", "PUT", entity("principals", row="credential")), "before"),
-    (Step("index-row", "PUT", entity("principals", row="account:[^']+")), "before"),
+    (Step("secret-write", "PUT", entity("secrets", "rt-[0-9a-f]+")), "before"),  # keyvault mode
+    # principals.bind: the credential row and the index row in one transaction
+    (Step("binding", "POST", BATCH, body=r"principals(\(| HTTP/1\.1)"), "before"),
     (Step("account-commit", "POST", BATCH, body=r"accounts(\(| HTTP/1\.1)"), "before"),
-    (Step("binding-check", "GET", entity("principals", row="credential"), skip=1), "after"),  # _ensure_binding
+    (Step("binding-check", "GET", entity("principals", row="credential")), "after"),  # _ensure_binding (keyvault)
+    (Step("link-complete", "PATCH", entity("links")), "after"),  # links.complete, best effort
 )}
 
 def _known(codes: str, *cases: str) -> dict[str, frozenset[str]]:
@@ -513,13 +523,24 @@ def _cases(steps: str, faults: str) -> list[str]:
 KNOWN_CALLBACK: dict[str, frozenset[str]] = {}
 
 
+# Envelope mode (MC_SECRET_MODE, issue 14 point 3) runs the same matrix without keyvault mode's own steps (the
+# secret's write and read, the binding check that guards it), with the faults that end differently.
+KEYVAULT_STEPS = {"secret-write", "binding-check", "secret-read", "rotation-secret-write"}
+ENVELOPE_FAULTS = {"503-once", "timeout-once", "503", "reset", "down"}
+
+
 def callback_cases():
-    for step in CALLBACK_STEPS:
-        for fault in TABLE_FAULTS:
-            yield case(f"{step}-{fault}", step, fault, known=KNOWN_CALLBACK.get(f"{step}-{fault}", frozenset()))
+    for mode in ("keyvault", "envelope"):
+        for step in CALLBACK_STEPS:
+            for fault in TABLE_FAULTS:
+                if mode == "envelope" and (step in KEYVAULT_STEPS or fault not in ENVELOPE_FAULTS):
+                    continue
+                name = f"{step}-{fault}"
+                yield case(name if mode == "keyvault" else f"envelope-{name}", mode, step, fault,
+                           known=KNOWN_CALLBACK.get(name, frozenset()))
 
 
-@pytest.mark.parametrize("step, fault, known", list(callback_cases()))
+@pytest.mark.parametrize("secret_mode, step, fault, known", list(callback_cases()), indirect=["secret_mode"])
 def test_callback_table_fault(service, identity, proxy, step, fault, known):
     target, phase = CALLBACK_STEPS[step]
     injector = TableFault(proxy, target, TABLE_FAULTS[fault])
@@ -586,6 +607,7 @@ TOKEN_STEPS = {s.name: (s, rotation) for s, rotation in (
     (Step("api-token-read", "GET", entity("apitokens")), False),
     (Step("account-read", "GET", entity("accounts", row="")), False),
     (Step("credential-read", "GET", entity("principals", row="credential")), False),
+    (Step("refresh-claim", "PATCH", entity("principals", row="credential")), False),
     (Step("secret-read", "GET", entity("secrets", "rt-[0-9a-f]+")), False),
     (Step("rotation-secret-write", "PUT", entity("secrets", "rt-[0-9a-f]+")), True),
     (Step("rotation-credential-row", "PUT", entity("principals", row="credential")), True),
@@ -596,6 +618,7 @@ TOKEN_FAULTS = {
     "api-token-read": "503 reset",
     "account-read": "503-once timeout-once 503 429 reset",
     "credential-read": "503 reset",
+    "refresh-claim": "503-once timeout-once 503 reset",
     "secret-read": "503-once timeout-once 503 429 reset",
     "rotation-secret-write": "timeout-once 503 reset down",
     "rotation-credential-row": "503 reset down",
@@ -603,12 +626,15 @@ TOKEN_FAULTS = {
 
 
 def token_cases():
-    for step, faults in TOKEN_FAULTS.items():
-        for fault in faults.split():
-            yield case(f"{step}-{fault}", step, fault)
+    for mode in ("keyvault", "envelope"):
+        for step, faults in TOKEN_FAULTS.items():
+            if mode == "envelope" and (step in KEYVAULT_STEPS or step == "api-token-read"):
+                continue
+            for fault in faults.split():
+                yield case(f"{step}-{fault}" if mode == "keyvault" else f"envelope-{step}-{fault}", mode, step, fault)
 
 
-@pytest.mark.parametrize("step, fault, known", list(token_cases()))
+@pytest.mark.parametrize("secret_mode, step, fault, known", list(token_cases()), indirect=["secret_mode"])
 def test_token_request_table_fault(service, identity, proxy, step, fault, known):
     """Reads answer 503 with Retry-After and change nothing; a failed rotation write is logged and the request
     succeeds (the stored refresh token stays valid; the next refresh writes the newest one)."""

@@ -99,14 +99,18 @@ ROLE_IDS = {
     "storageBlobDataContributor": "ba92f5b4-2d11-453d-a403-e96b0029c9fe",
     "storageTableDataContributor": "0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3",
     "keyVaultSecretsOfficer": "b86a8fe4-44ce-4948-aee5-eccb2c155cd7",
+    # Data actions: vaults/keys/read, keys/wrap/action, keys/unwrap/action (the role's JSON as Azure lists it).
+    "keyVaultCryptoServiceEncryptionUser": "e147488a-f6f5-4113-8e2d-b22465e65bf6",
     "monitoringMetricsPublisher": "3913510d-42f4-4e42-8a64-420c390055eb",
 }
 # The runtime identity's Key Vault role is the custom appSecretsRole (Secrets Officer less purge, backup
-# and restore); the deployment identity may only touch the package container.
+# and restore), plus wrap/unwrap on envelope mode's key-encryption key only; the deployment identity may only
+# touch the package container.
 APP_IDENTITY_ROLES = {
     "storageBlobDataOwner",
     "storageTableDataContributor",
     "appSecretsRole",
+    "keyVaultCryptoServiceEncryptionUser",
     "monitoringMetricsPublisher",
 }
 DEPLOY_IDENTITY_ROLES = {"storageBlobDataContributor"}
@@ -536,8 +540,10 @@ def test_role_assignments(bicep):
     # The deployment identity reaches the package container only; the runtime identity has no role on the
     # package account at all, so it cannot overwrite the code it runs.
     assert scopes["deployIdentityPrincipalId:storageBlobDataContributor"] == "packageContainer"
-    assert all(scope in {"storage", "vault", "appInsights"} for key, scope in scopes.items()
+    assert all(scope in {"storage", "vault", "dataKey", "appInsights"} for key, scope in scopes.items()
                if key.startswith("identityPrincipalId:"))
+    # The key role reaches the one key, not the vault's other keys.
+    assert scopes["identityPrincipalId:keyVaultCryptoServiceEncryptionUser"] == "dataKey"
 
 
 def test_runtime_key_vault_role_is_secrets_officer_without_purge_backup_restore(bicep):

@@ -9,8 +9,12 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 from tests import leakcheck
 from tests.leakcheck import ACCESS_TOKEN, API_TOKEN, REFRESH_TOKEN, Capture, allowed_kinds, needles, scan
+
+pytestmark = pytest.mark.both_secret_modes  # issue 14.3: both MC_SECRET_MODE values pass
 
 ROOT = Path(__file__).resolve().parent.parent
 

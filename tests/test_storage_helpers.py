@@ -381,7 +381,7 @@ class Accounts:
         self.reads += 1
         return _account()
 
-    def replace_account(self, account: Any, events: Any = ()) -> bool:
+    def replace_account(self, account: Any, events: Any = (), **options: Any) -> bool:
         self.writes += 1
         if self.writes <= self.lose:
             return False
@@ -460,7 +460,7 @@ def test_the_sign_in_commit_inserts_first_and_gives_up_as_busy(monkeypatch: pyte
     fake = _patch(monkeypatch, lose=10**6)
     inserts: list[Any] = []
 
-    def insert_account(account: Any, events: Any = ()) -> bool:
+    def insert_account(account: Any, events: Any = (), **options: Any) -> bool:
         inserts.append(account)
         return False  # the row exists already
 

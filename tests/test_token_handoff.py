@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 import pytest
 
 from shared.core.account_state import mark_reauthentication_required
-from shared.handoff.tokens import mark_connected, reset_token_cache
+from shared.handoff.tokens import mark_connected
 from shared.microsoft.identity import refresh
 from shared.settings import get_settings
 from shared.signin.flow import credential_id
@@ -20,7 +20,11 @@ from shared.storage.secrets.factory import get_secret_store
 from shared.storage.tables import accounts, principals
 from shared.storage.tables.apitokens import create_token
 from shared.storage.tables.records import utcnow
+from tests.invariants import expire_access_tokens
+from tests.invariants import stored_refresh_token as stored_token_of
 from tests.service import Service, connect
+
+pytestmark = pytest.mark.both_secret_modes  # issue 14.3: both MC_SECRET_MODE values pass
 
 IMAP_SCOPE = "https://outlook.office.com/IMAP.AccessAsUser.All"
 SMTP_SCOPE = "https://outlook.office.com/SMTP.Send"
@@ -42,7 +46,7 @@ def credential_of(account: str):
 
 
 def stored_refresh_token(account: str) -> str:
-    return get_secret_store().get(credential_of(account).secretName)
+    return stored_token_of(credential_of(account))
 
 
 def backdate(account: str, days: float) -> None:
@@ -71,9 +75,13 @@ def assert_works(service, refresh_token: str) -> None:
 
 
 def state_snapshot(account: str):
+    """What a failed request must not change: the account row, and the credential as stored (a refresh claim taken
+    and given back, ``shared.handoff.tokens``, is bookkeeping: it is left released)."""
     row = accounts.get_account(account)
     credential = credential_of(account)
-    return row.etag, row.state, credential.etag, stored_refresh_token(account)
+    stored = credential.model_dump(exclude={"refreshClaim", "refreshClaimUntil"})
+    assert credential.refreshClaim is None, "a failed refresh left its claim on the credential row"
+    return row.etag, row.state, stored, stored_refresh_token(account)
 
 
 # --- the answer ---------------------------------------------------------------------------------------
@@ -147,9 +155,10 @@ def test_short_lived_tokens_are_not_cached(service, identity):
     assert a["accessToken"] != b["accessToken"] and refreshes(identity) == 2
 
 
-def test_fifty_parallel_requests_cause_one_refresh(service, identity, monkeypatch):
+def test_fifty_parallel_requests_cause_one_refresh(service, identity, monkeypatch, secret_mode):
     account = connect(service, identity.add_user("fay@contoso.com"))
     backdate(account, 2)  # the one refresh also rotates: exactly one write
+    before = credential_of(account).tokenWrittenAt
     sets = Counting(monkeypatch, "set")
     barrier = threading.Barrier(50)
     results: list = [None] * 50
@@ -166,12 +175,14 @@ def test_fifty_parallel_requests_cause_one_refresh(service, identity, monkeypatc
     assert all(r is not None and r.status_code == 200 for r in results), [getattr(r, "text", r) for r in results]
     assert len({r.json()["accessToken"] for r in results}) == 1
     assert refreshes(identity) == 1
-    assert len(sets.calls) == 1
+    assert len(sets.calls) == (1 if secret_mode == "keyvault" else 0)  # envelope: sealed on the row
+    assert credential_of(account).tokenWrittenAt > before  # rotated once
     assert_works(service, stored_refresh_token(account))
 
 
 # --- refresh-token rotation ---------------------------------------------------------------------------
 
+@pytest.mark.secret_mode_only  # envelope mode: tests/test_envelope.py (every refresh stores the newest token)
 def test_refresh_token_is_written_at_most_once_a_day(service, identity, monkeypatch):
     account = connect(service, identity.add_user("gus@contoso.com", name="Gus"))
     original, credential = stored_refresh_token(account), credential_of(account)
@@ -179,10 +190,13 @@ def test_refresh_token_is_written_at_most_once_a_day(service, identity, monkeypa
 
     for n in (1, 2):  # a fresh token (signed in just now): refreshes do not write
         assert get_token(service, account).status_code == 200
-        reset_token_cache()  # as if the access token had expired
+        expire_access_tokens()  # as if the access token had expired
         assert refreshes(identity) == n
     assert sets.calls == [] and stored_refresh_token(account) == original
-    assert credential_of(account).etag == credential.etag
+    # The row holds the access token every instance shares (it changes), never a newer refresh token yet.
+    unchanged = credential_of(account)
+    assert (unchanged.tokenWrittenAt, unchanged.secretName, unchanged.sealedRefreshToken) == \
+        (credential.tokenWrittenAt, credential.secretName, credential.sealedRefreshToken)
 
     backdate(account, 1.5)
     assert get_token(service, account).status_code == 200
@@ -195,18 +209,18 @@ def test_refresh_token_is_written_at_most_once_a_day(service, identity, monkeypa
          sorted(credential.scopes))
     assert_works(service, rotated)
 
-    reset_token_cache()
+    expire_access_tokens()
     assert get_token(service, account).status_code == 200
     assert len(sets.calls) == 1  # written again only a day later
 
 
-def test_newly_granted_scopes_are_written_at_once(service, identity, monkeypatch):
+def test_newly_granted_scopes_are_written_at_once(service, identity, monkeypatch, secret_mode):
     account = connect(service, identity.add_user("hal@contoso.com"))
     credential = credential_of(account)
     principals.upsert_credential(credential.model_copy(update={"scopes": [IMAP_SCOPE]}))
     sets = Counting(monkeypatch, "set")
     assert get_token(service, account).status_code == 200
-    assert len(sets.calls) == 1
+    assert len(sets.calls) == (1 if secret_mode == "keyvault" else 0)  # envelope: sealed into the row's write
     assert set(credential_of(account).scopes) == {IMAP_SCOPE, SMTP_SCOPE}
 
 
@@ -220,7 +234,7 @@ def test_revoked_token_marks_every_account_of_the_credential_and_a_new_sign_in_r
     assert get_token(service, own).status_code == 200
 
     identity.revoke(user)
-    reset_token_cache()  # as if the access token had expired
+    expire_access_tokens()  # as if the access token had expired
     response = get_token(service, own)
     assert response.status_code == 403
     assert response.headers["Cache-Control"] == "no-store"
@@ -258,6 +272,7 @@ def test_interaction_and_consent_errors_require_reauthentication(service, identi
     assert accounts.get_account(account).state == "authenticationError"
 
 
+@pytest.mark.secret_mode_only  # envelope mode: tests/test_envelope.py (a sealed token that does not open)
 def test_a_missing_secret_requires_reauthentication(service, identity):
     account = connect(service, identity.add_user("lee@contoso.com"))
     get_secret_store().delete(credential_of(account).secretName)
@@ -306,6 +321,7 @@ def test_microsoft_unavailable_is_503_and_changes_nothing(service, identity):
     assert get_token(service, account).status_code == 200
 
 
+@pytest.mark.secret_mode_only  # envelope mode: tests/test_envelope.py (Key Vault down, data key held or not)
 def test_secret_store_unavailable_is_503_and_changes_nothing(service, identity, monkeypatch):
     account = connect(service, identity.add_user("quinn@contoso.com"))
     before = state_snapshot(account)
@@ -356,6 +372,7 @@ def kv_service(env, set_env, identity, monkeypatch):
     from tools.localhost import load_function_app, serve
 
     vault = FakeKeyVault().start()
+    vault.create_key("mc-data-key")  # the access tokens every instance shares are sealed under its data keys
     http_challenge_cache.clear()
     monkeypatch.setattr("shared.storage.azure_credential.get_azure_credential", lambda settings: FakeCredential())
     port = free_port()
@@ -370,6 +387,7 @@ def kv_service(env, set_env, identity, monkeypatch):
         vault.stop()
 
 
+@pytest.mark.secret_mode_only  # envelope mode: tests/test_envelope.py
 def test_key_vault_warm_path_and_throttling(kv_service, identity):
     service, vault = kv_service
     account = connect(service, identity.add_user("sam@contoso.com"))
@@ -388,7 +406,7 @@ def test_key_vault_warm_path_and_throttling(kv_service, identity):
     with vault.lock:
         assert len(vault.requests) == seen  # warm: not one Key Vault request
 
-    reset_token_cache()
+    expire_access_tokens()
     before = accounts.get_account(account).etag
     vault.throttle_next(10, retry_after=60)  # longer than the store's retry budget: fails fast
     response = get_token(service, account)

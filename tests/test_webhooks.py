@@ -14,12 +14,12 @@ import pytest
 
 from sandbox.fakes.webhooks import Clock, Receiver
 from shared.core.links import decode
-from shared.handoff.tokens import reset_token_cache
 from shared.settings import get_settings
 from shared.storage.tables import deliveries, outbox
 from shared.storage.tables.client import table
 from shared.webhooks.dispatcher import MAX_AGE, Dispatcher, RunReport
 from shared.webhooks.signature import verify_signature
+from tests.invariants import expire_access_tokens
 from tests.service import APP_REDIRECT, connect, query
 
 pytestmark = pytest.mark.usefixtures("fresh_webhook_caches")
@@ -361,7 +361,7 @@ def test_authentication_error_is_sent_once_with_a_reauth_link_and_repair_follows
 
     identity.revoke(ivy)
     assert service.api("GET", f"/v1/account/{own}/oauth-token").status_code == 403
-    reset_token_cache()
+    expire_access_tokens(new_process=True)
     assert service.api("GET", f"/v1/account/{shared}/oauth-token").status_code == 403  # fails again: no new event
     dispatch(clock)
     errors = [assert_signed(r, hook["secret"], clock) for r in receiver.received]

@@ -102,6 +102,13 @@ param flowTtlSeconds int = 900
 ])
 param accessCheck string = 'on'
 
+@description('Where refresh tokens and client secrets live (MC_SECRET_MODE): keyvault (one Key Vault secret each) or envelope (sealed on the Table rows under data keys wrapped by the Key Vault key dataKeyName; Key Vault calls per instance, not per credential). Move a running deployment with python -m shared.cli migrate-secrets.')
+@allowed([
+  'keyvault'
+  'envelope'
+])
+param tokenStorageMode string = 'keyvault'
+
 @description('Comma-separated URLs that receive every webhook event (MC_WEBHOOK_URLS), signed with Key Vault secret mc-webhook-secret. Empty: only webhooks registered through /v1/webhooks.')
 param webhookUrls string = ''
 
@@ -301,6 +308,7 @@ module roles 'modules/role-assignments.bicep' = {
   params: {
     storageAccountName: storage.outputs.name
     keyVaultName: keyVault.outputs.name
+    dataKeyName: keyVault.outputs.dataKeyName
     appInsightsName: monitoring.outputs.appInsightsName
     identityPrincipalId: identity.outputs.principalId
     deployIdentityPrincipalId: deployIdentity.outputs.principalId
@@ -328,6 +336,7 @@ module functionApp 'modules/function-app.bicep' = {
     virtualNetworkSubnetId: privateNetworking ? network.outputs.appSubnetId : ''
     appInsightsName: monitoring.outputs.appInsightsName
     keyVaultUrl: keyVault.outputs.uri
+    dataKeyName: keyVault.outputs.dataKeyName
     customPublicUrl: customPublicUrl
     redirectAllowlist: redirectAllowlist
     tablePrefix: tablePrefix
@@ -335,6 +344,7 @@ module functionApp 'modules/function-app.bicep' = {
     linkMaxTtlSeconds: linkMaxTtlSeconds
     flowTtlSeconds: flowTtlSeconds
     accessCheck: accessCheck
+    tokenStorageMode: tokenStorageMode
     webhookUrls: webhookUrls
     reauthRedirectUrl: reauthRedirectUrl
     keepaliveDays: keepaliveDays

@@ -1,4 +1,5 @@
-"""A fake of the Key Vault secrets REST API, over HTTPS, for the real ``azure-keyvault-secrets`` client.
+"""A fake of the Key Vault secrets and keys REST API, over HTTPS, for the real ``azure-keyvault-secrets``
+and ``azure-keyvault-keys`` clients.
 
 What it reproduces (the parts the service depends on):
 
@@ -20,16 +21,27 @@ What it reproduces (the parts the service depends on):
   ``/deletedsecrets``) / a just-recovered secret still answers 404 to reads.
 * Key Vault's name rule (``[0-9a-zA-Z-]{1,127}``): 400 ``BadParameter``. Missing: 404
   ``SecretNotFound``. A request without ``api-version``: 400.
+* Keys (envelope mode's key-encryption key), RSA only, each with versions (real RSA keys made with
+  ``cryptography``; ``create_key(name, size=2048)`` does it from Python and returns the versioned kid):
+  ``POST /keys/{name}/create`` (``kty`` RSA, ``key_size``, ``key_ops``), ``GET /keys/{name}[/{version}]``
+  (the JWK's public part: ``kid``, ``kty``, ``n``, ``e`` base64url, ``key_ops``; and ``attributes``),
+  ``POST /keys/{name}/{version}/wrapkey`` and ``/unwrapkey`` (``{"alg": "RSA-OAEP-256" | "RSA-OAEP",
+  "value": base64url}`` -> ``{"kid": <versioned>, "value": base64url}``). An empty version
+  (``/keys/{name}/``, ``/keys/{name}//wrapkey``: what ``CryptographyClient`` sends for an unversioned key
+  id) means the latest. Unknown key or version: 404 ``KeyNotFound``; a value that does not unwrap, or
+  another algorithm: 400 ``BadParameter``; an operation not in the key's ``key_ops``: 403 ``Forbidden``.
 * Fault injection: ``throttle_next(n, retry_after=1)`` answers the next ``n`` authenticated requests
-  with 429 and ``Retry-After``; ``fail_next(n, status=503, code=..., inner=..., method=...)`` with any
-  error answer.
+  (secrets and keys alike) with 429 and ``Retry-After``; ``fail_next(n, status=503, code=..., inner=...,
+  method=...)`` with any error answer.
 
-``requests`` records every request as ``(method, path)`` (challenge requests included), so tests can
-count round trips; ``bodies`` keeps the JSON bodies of PUTs. All state is guarded by one lock.
+``requests`` records every request as ``(method, path)`` (challenge requests included, secrets and keys),
+so tests can count round trips; ``bodies`` keeps the JSON bodies of secret PUTs (never the keys' bodies,
+which hold key material). All state is guarded by one lock.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import threading
@@ -44,6 +56,8 @@ from sandbox.fakes.tls import HTTPSServer
 NAME_RULE = re.compile(r"^[0-9a-zA-Z-]{1,127}$")
 RESOURCE = "https://vault.azure.net"
 RETENTION_DAYS = 90
+KEY_OPS = ("encrypt", "decrypt", "sign", "verify", "wrapKey", "unwrapKey")  # the service's default for RSA
+WRAP_ALGORITHMS = ("RSA-OAEP-256", "RSA-OAEP")
 
 
 class FakeCredential:
@@ -75,6 +89,8 @@ class FakeKeyVault:
         self.secrets: dict[str, list[dict[str, Any]]] = {}
         # name -> {"versions": [...], "deletedDate": int, "scheduledPurgeDate": int}
         self.deleted: dict[str, dict[str, Any]] = {}
+        # key name -> list of versions (oldest first): {"version", "private" (RSA key), "key_ops", "attributes"}
+        self.keys: dict[str, list[dict[str, Any]]] = {}
         self.requests: list[tuple[str, str]] = []
         self.bodies: list[tuple[str, dict[str, Any]]] = []
         self.tokens_seen: list[str] = []
@@ -140,6 +156,7 @@ class FakeKeyVault:
         with self.lock:
             self.secrets.clear()
             self.deleted.clear()
+            self.keys.clear()
             self.requests.clear()
             self.bodies.clear()
             self.tokens_seen.clear()
@@ -148,6 +165,13 @@ class FakeKeyVault:
             self._throttle = self._fail = 0
             self.flat_conflict_code = False
             self.deletion_lag = self.recovery_lag = 0
+
+    def create_key(self, name: str, size: int = 2048, *, key_ops: tuple[str, ...] = ("wrapKey", "unwrapKey")) -> str:
+        """A new version of the RSA key ``name`` (as Bicep's or ``az keyvault key create``); its versioned kid."""
+        if not NAME_RULE.match(name):
+            raise ValueError(f"invalid key name {name!r}")
+        with self.lock:
+            return self._new_key_version(name, size, list(key_ops))["key"]["kid"]
 
     def request_count(self) -> int:
         with self.lock:
@@ -204,6 +228,8 @@ class FakeKeyVault:
         if segs == ["deletedsecrets"] and method == "GET":
             items = [self._deleted_bundle(n, with_value=False) for n in sorted(self.deleted)]
             return 200, {}, {"value": items, "nextLink": None}
+        if len(segs) >= 2 and segs[0] == "keys":
+            return self._route_keys(method, segs[1], segs[2:], body)
         if len(segs) < 2 or segs[0] not in ("secrets", "deletedsecrets"):
             return 404, {}, _error("NotFound", "The requested resource was not found.")
         name = segs[1]
@@ -325,6 +351,102 @@ class FakeKeyVault:
         del self.deleted[name]
         return 204, {}, None
 
+    # -- keys ------------------------------------------------------------------------------------------
+
+    def _route_keys(
+        self, method: str, name: str, rest: list[str], body: dict[str, Any]
+    ) -> tuple[int, dict[str, str], Any]:
+        # rest: [] | [version] | ["create"] | [version, "wrapkey" | "unwrapkey"]; "" as version = the latest.
+        if not NAME_RULE.match(name):
+            return 400, {}, _error("BadParameter", "The request URI contains an invalid name: " + name[:40] + ".")
+        if method == "POST" and rest == ["create"]:
+            return self._create_key(name, body)
+        if method == "GET" and len(rest) <= 1:
+            version = self._key_version(name, rest[0] if rest else "")
+            if version is None:
+                return 404, {}, _key_not_found(name)
+            return 200, {}, self._key_bundle(version)
+        if method == "POST" and len(rest) == 2 and rest[1] in ("wrapkey", "unwrapkey"):
+            version = self._key_version(name, rest[0])
+            if version is None:
+                return 404, {}, _key_not_found(f"{name}/{rest[0]}" if rest[0] else name)
+            return self._key_operation(version, rest[1], body)
+        return 405, {}, _error("MethodNotAllowed", f"{method} is not supported here.")
+
+    def _create_key(self, name: str, body: dict[str, Any]) -> tuple[int, dict[str, str], Any]:
+        if body.get("kty") not in ("RSA", "RSA-HSM"):
+            return 400, {}, _error("BadParameter", "This fake creates RSA keys only (kty RSA or RSA-HSM).")
+        size = body.get("key_size") or 2048
+        if size not in (2048, 3072, 4096):
+            return 400, {}, _error("BadParameter", "key_size must be 2048, 3072 or 4096.")
+        ops = body.get("key_ops") or list(KEY_OPS)
+        if not isinstance(ops, list) or any(op not in KEY_OPS for op in ops):
+            return 400, {}, _error("BadParameter", "Invalid key_ops.")
+        version = self._new_key_version(name, size, ops, enabled=(body.get("attributes") or {}).get("enabled", True))
+        return 200, {}, self._key_bundle(version)
+
+    def _new_key_version(self, name: str, size: int, key_ops: list[str], *, enabled: bool = True) -> dict[str, Any]:
+        from cryptography.hazmat.primitives.asymmetric import rsa
+
+        private = rsa.generate_private_key(public_exponent=65537, key_size=size)
+        numbers = private.public_key().public_numbers()
+        version_id = uuid.uuid4().hex
+        now = int(time.time())
+        version = {
+            "version": version_id,
+            "private": private,
+            "key": {
+                "kid": f"{self.url}/keys/{name}/{version_id}",
+                "kty": "RSA",
+                "key_ops": list(key_ops),
+                "n": _b64url(numbers.n.to_bytes((numbers.n.bit_length() + 7) // 8, "big")),
+                "e": _b64url(numbers.e.to_bytes((numbers.e.bit_length() + 7) // 8, "big")),
+            },
+            "attributes": {"enabled": enabled, "created": now, "updated": now, "exportable": False,
+                           "recoveryLevel": self._recovery_level(), "recoverableDays": RETENTION_DAYS},
+        }
+        self.keys.setdefault(name, []).append(version)
+        return version
+
+    def _key_version(self, name: str, version_id: str) -> dict[str, Any] | None:
+        versions = self.keys.get(name) or []
+        if not version_id:
+            return versions[-1] if versions else None
+        return next((v for v in versions if v["version"] == version_id), None)
+
+    def _key_operation(self, version: dict[str, Any], op: str, body: dict[str, Any]) -> tuple[int, dict[str, str], Any]:
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import padding
+
+        operation = "wrapKey" if op == "wrapkey" else "unwrapKey"
+        if operation not in version["key"]["key_ops"]:
+            return 403, {}, _error("Forbidden", f"Operation {operation} is not permitted on this key.")
+        if not version["attributes"].get("enabled", True):
+            return 403, {}, _error("Forbidden", f"Operation {operation} is not allowed on a disabled key.")
+        alg = body.get("alg")
+        if alg not in WRAP_ALGORITHMS:
+            return 400, {}, _error("BadParameter", "Invalid or unsupported algorithm for this key.")
+        try:
+            value = _b64url_decode(body.get("value"))
+        except ValueError:
+            return 400, {}, _error("BadParameter", "Property value is not valid base64url.")
+        algorithm = hashes.SHA256() if alg == "RSA-OAEP-256" else hashes.SHA1()
+        oaep = padding.OAEP(mgf=padding.MGF1(algorithm=algorithm), algorithm=algorithm, label=None)
+        try:
+            if op == "wrapkey":
+                out = version["private"].public_key().encrypt(value, oaep)
+            else:
+                out = version["private"].decrypt(value, oaep)
+        except ValueError:
+            return 400, {}, _error("BadParameter", "The parameter value is invalid: it could not be processed "
+                                   "with this key and algorithm.")
+        return 200, {}, {"kid": version["key"]["kid"], "value": _b64url(out)}
+
+    @staticmethod
+    def _key_bundle(version: dict[str, Any]) -> dict[str, Any]:
+        return {"key": dict(version["key"], key_ops=list(version["key"]["key_ops"])),
+                "attributes": dict(version["attributes"])}
+
     # -- shapes ----------------------------------------------------------------------------------------
 
     def _recovery_level(self) -> str:
@@ -383,6 +505,28 @@ def _error(code: str, message: str, inner: str | None = None) -> dict[str, Any]:
     if inner:
         error["innererror"] = {"code": inner}
     return {"error": error}
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _b64url_decode(value: Any) -> bytes:
+    if not isinstance(value, str) or not value:
+        raise ValueError("not a base64url string")
+    try:
+        return base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+    except (ValueError, TypeError):
+        raise ValueError("not base64url") from None
+
+
+def _key_not_found(name: str) -> dict[str, Any]:
+    return _error(
+        "KeyNotFound",
+        f"A key with (name/id) {name} was not found in this key vault. If you recently deleted this key you may be "
+        "able to recover it using the correct recovery command. For help resolving this issue, please see "
+        "https://go.microsoft.com/fwlink/?linkid=2125182",
+    )
 
 
 def _not_found(name: str) -> dict[str, Any]:

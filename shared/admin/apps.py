@@ -23,11 +23,11 @@ from __future__ import annotations
 import logging
 import re
 
-from shared.core.apps import forget_client_secret
+from shared.core.apps import forget_client_secret, with_client_secret
 from shared.errors import Busy, Conflict, InvalidInput, NotFound
 from shared.schemas import ID_PATTERN, OAuthAppCreate, OAuthAppDeleted, OAuthAppInfo, OAuthAppList, OAuthAppUpdate
 from shared.settings import Settings
-from shared.storage.secrets.factory import get_secret_store
+from shared.storage import sealed
 from shared.storage.tables import accounts
 from shared.storage.tables import apps as app_table
 from shared.storage.tables.apps import OAuthApp
@@ -64,9 +64,9 @@ def create_app(body: OAuthAppCreate, settings: Settings) -> OAuthAppInfo:
     app = OAuthApp(
         id=app_id, name=body.name, provider=body.provider, clientId=body.clientId, authority=body.authority,
         cloud=body.cloud, baseScopes=body.baseScopes, extraScopes=list(body.extraScopes), enabled=body.enabled,
-        secretName=app_table.client_secret_name(app_id), created=now, updated=now,
+        created=now, updated=now,
     )
-    get_secret_store(settings).set(app.secretName, body.clientSecret)
+    app = with_client_secret(app, body.clientSecret, settings)
     app_table.insert_app(app)
     log.info("OAuth app %s created", app_id)
     return info(app, settings)
@@ -83,15 +83,14 @@ def get_app(app_id: str, settings: Settings) -> OAuthAppInfo:
 
 def update_app(app_id: str, body: OAuthAppUpdate, settings: Settings) -> OAuthAppInfo:
     changes = {name: getattr(body, name) for name in body.model_fields_set if name != "clientSecret"}
-    secret_written = False
+    placed: dict[str, object] = {}
 
     def change(current: OAuthApp) -> OAuthApp:
-        nonlocal secret_written
-        if "clientSecret" in body.model_fields_set and not secret_written:  # once, before the first write
-            get_secret_store(settings).set(current.secretName, body.clientSecret)
+        if "clientSecret" in body.model_fields_set and not placed:  # once, before the first write
+            stored = with_client_secret(current, body.clientSecret, settings)
+            placed.update(secretName=stored.secretName, sealedClientSecret=stored.sealedClientSecret)
             forget_client_secret(current.id)
-            secret_written = True
-        return current.model_copy(update={**changes, "updated": utcnow()})
+        return current.model_copy(update={**changes, **placed, "updated": utcnow()})
 
     try:
         updated = change_row(lambda: _get(app_id), change, app_table.replace_app)
@@ -113,7 +112,7 @@ def delete_app(app_id: str, settings: Settings) -> OAuthAppDeleted:
     app_table.delete_app(app.id)
     forget_client_secret(app.id)
     try:
-        get_secret_store(settings).delete(app.secretName)
+        sealed.drop_secret(settings, app.secretName)
     except Exception:  # noqa: BLE001 - the app is gone (commit point); a leftover secret is unreachable
         log.warning("OAuth app %s deleted, but its client secret %s could not be deleted", app.id, app.secretName)
     log.info("OAuth app %s deleted", app_id)

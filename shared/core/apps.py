@@ -10,14 +10,14 @@ from typing import get_args
 from shared.clouds import CLOUDS, BaseScopes, Cloud
 from shared.errors import InvalidInput
 from shared.settings import Settings
-from shared.storage.secrets.factory import get_secret_store
+from shared.storage import sealed
 from shared.storage.tables import apps as app_table
 from shared.storage.tables.apps import OAuthApp
 
 SECRET_CACHE_SECONDS = 300.0  # a rotated client secret is picked up within this time
 
 _lock = threading.Lock()
-_secrets: dict[tuple[str, str], tuple[float, str]] = {}
+_secrets: dict[tuple[str, str, str], tuple[float, str]] = {}
 
 
 def enabled_apps(allowed: Collection[str] | None = None) -> list[OAuthApp]:
@@ -49,16 +49,30 @@ def resolve_app(app_id: str | None) -> OAuthApp:
 
 def client_secret(app: OAuthApp, settings: Settings) -> str:
     """Cached per instance, so a warm hosted redirect makes no secret-store call."""
-    key = (app.id, app.secretName)
+    key = (app.id, app.secretName, app.sealedClientSecret or "")
     now = time.monotonic()
     with _lock:
         hit = _secrets.get(key)
     if hit and now - hit[0] < SECRET_CACHE_SECONDS:
         return hit[1]
-    value = get_secret_store(settings).get(app.secretName)
+    value = sealed.get_secret(settings, secret_name=app.secretName, sealed=app.sealedClientSecret,
+                              aad=client_secret_aad(app.id))
     with _lock:
         _secrets[key] = (now, value)
     return value
+
+
+def client_secret_aad(app_id: str) -> str:
+    """The associated data of an app's sealed client secret (``shared.storage.sealed``)."""
+    return f"cs:{app_id}"
+
+
+def with_client_secret(app: OAuthApp, value: str, settings: Settings) -> OAuthApp:
+    """Store ``value`` as ``MC_SECRET_MODE`` says (keyvault: the secret is written now, before the row, so a row
+    never names a missing secret; envelope: sealed) and return the row that refers to it."""
+    placement = sealed.put_secret(settings, name=app_table.client_secret_name(app.id), aad=client_secret_aad(app.id),
+                                  value=value)
+    return app.model_copy(update={"secretName": placement.secretName, "sealedClientSecret": placement.sealed})
 
 
 def forget_client_secret(app_id: str) -> None:
@@ -85,7 +99,7 @@ def register_app(*, name: str, client_id: str, client_secret_value: str, authori
     now = utcnow()
     app = OAuthApp(id=app_id, name=name, clientId=client_id, authority=authority, cloud=cloud,
                    baseScopes=base_scopes, extraScopes=list(extra_scopes),
-                   secretName=app_table.client_secret_name(app_id), created=now, updated=now)
-    get_secret_store(settings).set(app.secretName, client_secret_value)
+                   created=now, updated=now)
+    app = with_client_secret(app, client_secret_value, settings)
     app_table.insert_app(app)
     return app

@@ -53,10 +53,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from shared.core.secret_placement import reseal_credential
 from shared.settings import Settings
+from shared.storage import sealed
 from shared.storage.errors import StorageUnavailable
 from shared.storage.secrets.base import SecretStoreUnavailable
-from shared.storage.secrets.factory import get_secret_store
 from shared.storage.tables import accounts, apps, links, principals
 from shared.storage.tables.principals import Credential, IndexRow
 from shared.storage.tables.records import utcnow
@@ -65,7 +66,6 @@ log = logging.getLogger("mailbox_connect.sweeper")
 RUN_BUDGET = 90.0  # seconds of one run: well inside host.json functionTimeout (2 min)
 MAX_CREDENTIALS_PER_RUN = 500  # credentials checked per run by the scan (step 3)
 MAX_COUNTED_PER_RUN = 5000  # accounts compared with their count rows per run (step 4)
-SECRET_PREFIX = "rt-"  # shared.signin.flow.credential_secret_name (a test keeps the two equal)
 
 _bookmarks: dict[str, str] = {}  # per table: where the credential scan or the count check resumes (per process)
 
@@ -83,14 +83,11 @@ class SweepReport:
     checked: int = 0  # credentials the scan looked at
     counted: int = 0  # accounts compared with their count rows
     recounted: int = 0  # accounts whose count was wrong and was synced
+    resealed: int = 0  # refresh tokens sealed again under the current data key (after rotate-data-key)
     stopped: str | None = None  # why the run stopped early
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
-
-
-def secret_name(credential_id: str) -> str:
-    return f"{SECRET_PREFIX}{credential_id}"
 
 
 def run_sweeper(settings: Settings, *, clock: Callable[[], datetime] = utcnow, budget: float = RUN_BUDGET,
@@ -148,7 +145,9 @@ def _scan_credentials(cutoff: datetime, settings: Settings, report: SweepReport,
             report.stopped = "quota"
             return
         in_time()
-        collect_credential(credential.credentialId, cutoff, settings, report, credential=credential)
+        if not collect_credential(credential.credentialId, cutoff, settings, report, credential=credential) and \
+                credential.sealedRefreshToken:
+            report.resealed += _reseal(credential, settings)
         report.checked += 1
         _bookmarks[key] = credential.credentialId
     _bookmarks.pop(key, None)  # the end of the table: the next run starts from the beginning
@@ -187,14 +186,25 @@ def collect_credential(credential_id: str, cutoff: datetime, settings: Settings,
     if credential is not None:
         if not principals.delete_credential_row(credential):
             return False  # rewritten since it was read: a sign-in; its index row comes next
-        get_secret_store(settings).delete(credential.secretName)
+        sealed.drop_secret(settings, credential.secretName)
     elif secret_without_row:
-        get_secret_store(settings).delete(secret_name(credential_id))
+        sealed.drop_secret(settings, principals.secret_name(credential_id))
     else:
         return False
     report.credentials += 1
     log.info("sweeper: deleted credential %s, which no account uses", credential_id)
     return True
+
+
+def _reseal(credential: Credential, settings: Settings) -> bool:
+    """Step 3's other job, on a credential still in use: a refresh token sealed under an older data key is sealed
+    again under the current one (``shared.core.secret_placement``); one that does not open is left (its accounts
+    learn it at their next token request)."""
+    try:
+        return reseal_credential(credential, settings)
+    except sealed.Unsealable:
+        log.warning("sweeper: the sealed refresh token of credential %s does not open", credential.credentialId)
+        return False
 
 
 def _aware(value: datetime) -> datetime:

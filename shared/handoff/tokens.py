@@ -2,32 +2,44 @@
 
 The app asks for a fresh access token for one mailbox and gets EmailEngine's fields (``account``, ``user``: the
 signer's UPN, also for a shared mailbox, as EmailEngine's ``oauth2.auth.user``; ``provider``, ``app``,
-``accessToken``, ``registeredScopes``, ``expires`` with milliseconds, ``cached``: true when the token came from
-this process's cache) and, beside them, what it needs to use the token for that mailbox (the ``imap``/``smtp``
-login names and hosts, the ``graph`` base URL). The refresh token never leaves the
-secret store's side of this module: it is read, handed to MSAL, and the newest one written back; it is
-never cached in memory, logged, or put in a response or an error.
+``accessToken``, ``registeredScopes``, ``expires`` with milliseconds, ``cached``: true when no call to Microsoft
+was made for it: this process's cache or the one on the credential row) and, beside them, what it needs to use
+the token for that mailbox (the ``imap``/``smtp`` login names and hosts, the ``graph`` base URL). The refresh
+token never leaves the storage side of this module: it is read (a Key Vault secret, or sealed on the credential
+row: ``MC_SECRET_MODE``), handed to MSAL, and the newest one written back; it is never cached in memory, logged,
+or put in a response or an error.
 
-Access tokens
-    Come from MSAL (:func:`shared.microsoft.identity.refresh`) with the credential's refresh token, and are cached in
-    this process per (credential, scope set) until ``REFRESH_MARGIN`` (5 min) before they expire. A warm
-    request reads the API token and the account row (so a deleted or re-bound account is seen at once)
-    but makes no secret-store call and no call to Microsoft. Refreshes are single-flight per credential
-    inside one process: one lock per credential, so 50 parallel requests cause one refresh and 49 cache
-    hits. The scope set is the app's (``scopes_for`` of its cloud and base scopes, with the ``.Shared``
+Access tokens (issue 14, point 4)
+    Come from MSAL (:func:`shared.microsoft.identity.refresh`) with the credential's refresh token, and are kept
+    until ``REFRESH_MARGIN`` (5 min) before they expire at two levels, per (credential, scope set):
+
+    * this process's memory: a warm request reads the account row only (so a deleted or re-bound account is
+      seen at once): 1 Table read, no secret-store call, no call to Microsoft;
+    * the credential row (``accessTokens``, sealed like a refresh token: ``shared.storage.sealed``): any
+      instance without it in memory reads the row and uses it: 2 Table reads, no Key Vault, no Microsoft.
+
+    A refresh is single-flight per credential across every instance: inside one process one lock per
+    credential (50 parallel requests cause one refresh and 49 cache hits), and between instances an
+    ETag-conditioned *claim* on the credential row (``refreshClaim``/``refreshClaimUntil``, ``CLAIM_SECONDS``):
+    the instance whose claim lands calls Microsoft and writes the new access token (and the claim's release)
+    in one write; the others poll the row for it (at most ``LOCK_WAIT``), or take over a claim that ran out.
+    A cold hand-off therefore costs 2 reads + 2 writes of the credential row and one call to Microsoft (and a
+    Key Vault read of the refresh token in keyvault mode), once per token lifetime per credential.
+
+    The scope set is the app's (``scopes_for`` of its cloud and base scopes, with the ``.Shared``
     Graph scopes for a shared mailbox), restricted to the first scope's resource, because one access token
     covers one resource (Entra answers ``invalid_scope`` otherwise).
 
 Refresh-token rotation
-    Microsoft returns a new refresh token on every refresh and the old one stays valid. The new one is
-    written (secret store, then the credential row's ``tokenWrittenAt``/``scopes``; other fields are kept
-    from a fresh read of the row) only when the stored one is older than ``ROTATE_AFTER`` (one day) or
-    Microsoft granted scopes the row does not list yet (recorded as the union, so two accounts of one
-    credential asking different scope sets do not write in turn). A row rewritten by someone else since
-    it was read (a new sign-in) wins: the write is skipped. Two instances rotating at once both store
-    valid tokens (every refresh token issued stays valid), so whichever write lands last is fine. A failed
-    rotation write is logged and the request still succeeds: the stored token is still valid and the next
-    refresh tries again.
+    Microsoft returns a new refresh token on every refresh and the old one stays valid. In envelope mode the
+    new one is sealed into the same write as the access token (it costs nothing more). In keyvault mode it is
+    written (secret store, then the row's ``tokenWrittenAt``/``scopes``) only when the stored one is older
+    than ``ROTATE_AFTER`` (one day) or Microsoft granted scopes the row does not list yet (recorded as the
+    union, so two accounts of one credential asking different scope sets do not write in turn). The write is
+    conditioned on the claim's ETag: a row rewritten by a sign-in meanwhile wins (its token is newer). A failed
+    write is logged and the request still succeeds: the stored refresh token is still valid and the next
+    refresh tries again. A sealed refresh token that does not open (tampered, a data key not in the ring) is
+    treated like a missing one: ``credential_unreadable``, the accounts are marked (below).
 
 Re-authentication (status **403**, ``code: "OauthRenewError"``, ``authenticationFailed: true``)
     ``invalid_grant``, ``interaction_required`` or ``consent_required`` from the refresh, or a credential
@@ -72,7 +84,9 @@ Other answers
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import secrets
 import threading
 import time
 from collections import OrderedDict
@@ -92,8 +106,8 @@ from shared.microsoft import identity
 from shared.microsoft.identity import IdentityError, IdentityUnavailable
 from shared.schemas import GraphSettings, ImapSettings, OAuthTokenResponse, SmtpSettings
 from shared.settings import Settings
-from shared.storage.secrets.base import SecretNotFound
-from shared.storage.secrets.factory import get_secret_store
+from shared.storage import sealed
+from shared.storage.secrets.base import SecretNotFound, SecretStoreError
 from shared.storage.tables import accounts, apps, principals
 from shared.storage.tables.accounts import AUTH_ERROR, CONNECTED, Account
 from shared.storage.tables.apps import OAuthApp
@@ -109,6 +123,8 @@ LOCK_WAIT = 45.0  # seconds a request waits for another request's refresh of the
 CACHE_MAX = 20_000  # access tokens kept per process (least recently used dropped first)
 REAUTH_ERRORS = frozenset({"invalid_grant", "interaction_required", "consent_required"})
 CREDENTIAL_MISSING = "credential_missing"
+CREDENTIAL_UNREADABLE = "credential_unreadable"  # a sealed refresh token that does not open
+CLAIM_SECONDS = 30.0  # how long an instance's claim on a credential's refresh holds (its refresh takes less)
 _OIDC = frozenset(RESERVED_SCOPES) | {"email"}
 
 
@@ -169,6 +185,7 @@ class _Cached:
     access_token: str
     expires_at: float  # epoch seconds
     scopes: tuple[str, ...]
+    shared: bool = False  # left on the credential row by an earlier refresh (this or another instance)
 
 
 @dataclass(frozen=True)
@@ -182,6 +199,7 @@ class _Failure:
 _cache_lock = threading.Lock()
 _cache: OrderedDict[tuple[str, frozenset[str]], _Cached] = OrderedDict()
 _failures: dict[str, _Failure] = {}
+_abandoned: set[str] = set()  # refresh claims this process wrote but could not release (storage failed)
 
 
 class _KeyedLocks:
@@ -218,6 +236,13 @@ def reset_token_cache() -> None:
     with _cache_lock:
         _cache.clear()
         _failures.clear()
+        _abandoned.clear()
+
+
+def forget_access_tokens() -> None:
+    """Forget the access tokens this process holds, nothing else (tests: "as if they had run out")."""
+    with _cache_lock:
+        _cache.clear()
 
 
 def _cached(key: tuple[str, frozenset[str]], now: float) -> _Cached | None:
@@ -291,7 +316,7 @@ def hand_off(account_id: str, settings: Settings, *, caller: Caller) -> OAuthTok
         _remember(key, token, time.time())
     if account.state != CONNECTED:
         mark_connected(account.credentialId)
-    return _response(account, app, token, settings, cached=False)
+    return _response(account, app, token, settings, cached=token.shared)
 
 
 def keep_alive(credential: Credential, settings: Settings) -> str:
@@ -316,7 +341,7 @@ def keep_alive(credential: Credential, settings: Settings) -> str:
         return "app_missing"
     scopes = token_scopes(app, account)
     with _locks.hold(credential.credentialId, LOCK_WAIT):
-        token = _refresh(account, app, scopes, settings, strict_rotation=True)
+        token = _refresh(account, app, scopes, settings, strict_rotation=True, use_shared=False)
         _remember((credential.credentialId, frozenset(scopes)), token, time.time())
     if account.state != CONNECTED:
         mark_connected(credential.credentialId)
@@ -356,14 +381,51 @@ def _resource(scope: str, graph: str) -> str:
     return f"{split.scheme}://{split.netloc}".lower()
 
 
-def _refresh(account: Account, app: OAuthApp, scopes: list[str], settings: Settings, *,
-             strict_rotation: bool = False) -> _Cached:
-    """Redeem the stored refresh token (under the credential's lock); rotate it when due.
+def scope_key(scopes: list[str]) -> str:
+    """The shared cache's key of a scope set (order and case do not matter)."""
+    joined = "\n".join(sorted({_scope_key(s) for s in scopes}))
+    return hashlib.sha256(joined.encode()).hexdigest()[:16]
 
-    ``strict_rotation`` (the keep-alive): a failed rotation write raises instead of being logged.
+
+def _shared_token(credential: Credential, key: str, settings: Settings, now: float) -> _Cached | None:
+    """The access token another instance left on the credential row, while it has more than ``REFRESH_MARGIN``
+    to live; None otherwise (also when it does not open: a cache miss, never an error)."""
+    entry = credential.accessTokens.get(key)
+    if not isinstance(entry, dict) or not isinstance(entry.get("e"), (int, float)):
+        return None
+    if entry["e"] - REFRESH_MARGIN <= now:
+        return None
+    try:
+        token = sealed.unseal(str(entry.get("t", "")), _access_aad(credential.credentialId, key), settings)
+    except sealed.Unsealable:
+        return None
+    return _Cached(token, float(entry["e"]), tuple(entry.get("s") or ()), shared=True)
+
+
+def _access_aad(credential_id: str, key: str) -> str:
+    return f"at:{credential_id}:{key}"
+
+
+def _refresh(account: Account, app: OAuthApp, scopes: list[str], settings: Settings, *,
+             strict_rotation: bool = False, use_shared: bool = True) -> _Cached:
+    """A fresh access token for the account's credential (under this process's lock of the credential).
+
+    Across instances (issue 14, point 4): the credential row holds the last access token of each scope set,
+    sealed; a live one is used without calling Microsoft (``use_shared``; not for an account in
+    ``authenticationError``, which must prove the credential works). Otherwise this instance *claims* the refresh
+    (``refreshClaim``, written under the row's ETag): the winner calls Microsoft and leaves the new token on
+    the row; the others wait for it (polling the row, at most ``LOCK_WAIT``) or take over a claim that
+    expired (``CLAIM_SECONDS``: its holder died). So one credential is refreshed at most once per token
+    lifetime, whatever the number of instances. ``strict_rotation`` (the keep-alive): a failed write of the
+    newest refresh token raises instead of being logged.
     """
     cred_id = account.credentialId
-    for attempt in range(2):
+    key = scope_key(scopes)
+    deadline = time.monotonic() + LOCK_WAIT
+    pause = 0.05
+    retried = False
+    mine: str | None = None  # the claim this request last tried to write (its answer may have been lost)
+    while True:
         credential = principals.get_credential(cred_id)
         if credential is None:
             raise _reauthentication(account, cred_id, None, CREDENTIAL_MISSING,
@@ -371,29 +433,161 @@ def _refresh(account: Account, app: OAuthApp, scopes: list[str], settings: Setti
         failure = _recent_failure(cred_id, credential.etag)
         if failure is not None:
             raise ReauthenticationRequired(account.account, failure.code, failure.description)
-        store = get_secret_store(settings)
+        now = time.time()
+        if use_shared and account.state == CONNECTED:
+            shared = _shared_token(credential, key, settings, now)
+            if shared is not None:
+                return shared
+        if credential.refreshClaim and (credential.refreshClaim == mine or _abandoned_here(credential.refreshClaim)):
+            claimed: Credential | None = credential  # ours: its answer was lost, or this process could not release it
+        elif credential.refreshClaim and (credential.refreshClaimUntil or 0) > now:
+            # Another instance is refreshing this credential: wait for the token it leaves on the row.
+            if time.monotonic() + pause > deadline:
+                raise unavailable("a token refresh of this mailbox")
+            time.sleep(pause)
+            pause = min(pause * 2, 0.5)
+            continue
+        else:
+            mine = secrets.token_hex(8)
+            claimed = _claim(credential, mine, now)
+        if claimed is None:
+            if time.monotonic() > deadline:
+                raise unavailable("a token refresh of this mailbox")
+            continue  # changed meanwhile (another instance's claim, a sign-in): look again
+        mine = None
         try:
-            refresh_token = store.get(credential.secretName)
-        except SecretNotFound:
-            raise _reauthentication(account, cred_id, credential.etag, CREDENTIAL_MISSING,
-                                    "the stored refresh token of this mailbox no longer exists") from None
-        started = time.time()
+            token, retry = _refresh_claimed(account, app, scopes, key, claimed, settings,
+                                            strict_rotation=strict_rotation, may_retry=not retried)
+        except BaseException:
+            _release(claimed)
+            raise
+        if token is not None:
+            return token
+        retried = retry
+        continue  # a sign-in stored a new refresh token meanwhile: try that one (once)
+
+
+def _claim(credential: Credential, claim: str, now: float) -> Credential | None:
+    """Write this instance's ``claim`` on the refresh under the row's ETag: the row as claimed, or None when it
+    changed meanwhile. A claim whose answer was lost is recognised by its value on the next read; one whose write
+    failed outright is taken back when it landed after all (best effort: it also runs out by itself)."""
+    fields: dict[str, Any] = {"refreshClaim": claim, "refreshClaimUntil": now + CLAIM_SECONDS}
+    try:
+        etag = principals.change_credential(credential, fields)
+    except Exception:
         try:
-            tokens = _redeem(app, settings, refresh_token, scopes)
-        except IdentityUnavailable:
-            raise unavailable("Microsoft's sign-in service") from None
-        except IdentityError as exc:
-            if exc.code not in REAUTH_ERRORS:
-                raise TokenRefused(account.account, exc.code, exc.description) from None
-            current = principals.get_credential(cred_id)
-            if attempt == 0 and current is not None and current.etag != credential.etag:
-                continue  # a sign-in stored a new refresh token meanwhile: try that one
-            raise _reauthentication(account, cred_id, credential.etag, exc.code, exc.description) from None
-        if tokens.refresh_token:
-            _rotate(credential, tokens.refresh_token, tokens.scopes, settings, strict=strict_rotation)
-        granted = tuple(tokens.scopes) or tuple(scopes)
-        return _Cached(tokens.access_token, started + tokens.expires_in, granted)
-    raise AssertionError("unreachable")  # pragma: no cover
+            current = principals.get_credential(credential.credentialId)
+        except Exception:  # noqa: BLE001 - still down: the claim runs out on its own
+            current = None
+        if current is not None and current.refreshClaim == claim:
+            _release(current)
+        raise
+    if etag is None:
+        return None
+    claimed = credential.model_copy(update=fields)
+    claimed.etag = etag
+    return claimed
+
+
+def _release(claimed: Credential) -> None:
+    """Give a claim up after a failure, so other instances do not wait for it (best effort: it runs out anyway).
+    The row may have changed under the claim (marking it broken does): then the claim is released where it is
+    still ours."""
+    release: dict[str, Any] = {"refreshClaim": None, "refreshClaimUntil": None}
+    try:
+        if principals.change_credential(claimed, release) is None:
+            current = principals.get_credential(claimed.credentialId)
+            if current is not None and current.refreshClaim == claimed.refreshClaim:
+                principals.change_credential(current, release)
+    except Exception as exc:  # noqa: BLE001 - the claim runs out on its own
+        log.warning("could not release the refresh claim of credential %s: %s", claimed.credentialId,
+                    type(exc).__name__)
+        if claimed.refreshClaim:
+            with _cache_lock:  # this process takes it over at once; other instances when it runs out
+                if len(_abandoned) >= CACHE_MAX:
+                    _abandoned.clear()
+                _abandoned.add(claimed.refreshClaim)
+
+
+def _abandoned_here(claim: str) -> bool:
+    with _cache_lock:
+        return claim in _abandoned
+
+
+def _refresh_claimed(account: Account, app: OAuthApp, scopes: list[str], key: str, credential: Credential,
+                     settings: Settings, *, strict_rotation: bool, may_retry: bool) -> tuple[_Cached | None, bool]:
+    """Redeem the stored refresh token under this instance's claim on ``credential``; store the result.
+
+    Returns ``(token, False)``, or ``(None, True)`` when Microsoft refused a refresh token that a sign-in replaced
+    meanwhile (the caller tries once more with the new one)."""
+    cred_id = credential.credentialId
+    try:
+        refresh_token = sealed.get_secret(settings, secret_name=credential.secretName,
+                                          sealed=credential.sealedRefreshToken, aad=principals.refresh_aad(cred_id))
+    except SecretNotFound:
+        raise _reauthentication(account, cred_id, credential.etag, CREDENTIAL_MISSING,
+                                "the stored refresh token of this mailbox no longer exists") from None
+    except sealed.Unsealable:
+        log.error("credential %s: its sealed refresh token does not open (tampered, or a data key not in the ring)",
+                  cred_id)
+        raise _reauthentication(account, cred_id, credential.etag, CREDENTIAL_UNREADABLE,
+                                "the stored refresh token of this mailbox cannot be decrypted") from None
+    started = time.time()
+    try:
+        tokens = _redeem(app, settings, refresh_token, scopes)
+    except IdentityUnavailable:
+        raise unavailable("Microsoft's sign-in service") from None
+    except IdentityError as exc:
+        if exc.code not in REAUTH_ERRORS:
+            raise TokenRefused(account.account, exc.code, exc.description) from None
+        current = principals.get_credential(cred_id)
+        if may_retry and current is not None and current.etag != credential.etag and not current.refreshClaim:
+            return None, True  # a sign-in stored a new refresh token meanwhile: try that one
+        raise _reauthentication(account, cred_id, credential.etag, exc.code, exc.description) from None
+    granted = tuple(tokens.scopes) or tuple(scopes)
+    token = _Cached(tokens.access_token, started + tokens.expires_in, granted)
+    _store_result(credential, key, token, tokens.refresh_token, list(tokens.scopes), settings, strict=strict_rotation)
+    return token, False
+
+
+def _store_result(credential: Credential, key: str, token: _Cached, refresh_token: str | None, granted: list[str],
+                  settings: Settings, *, strict: bool) -> None:
+    """One write under the claim: the access token for every instance, the claim released, and the newest refresh
+    token when due (``rotation_due``; in envelope mode always, since it costs nothing more than this write).
+
+    A row changed meanwhile (a sign-in replaced it) is left alone: its refresh token is newer. A failed write is
+    logged (the stored refresh token stays valid; the next refresh writes again), or raised when ``strict``.
+    """
+    cred_id = credential.credentialId
+    now = time.time()
+    cache = {k: v for k, v in credential.accessTokens.items()
+             if isinstance(v, dict) and isinstance(v.get("e"), (int, float)) and v["e"] > now}
+    fields: dict[str, Any] = {"refreshClaim": None, "refreshClaimUntil": None}
+    rotate = bool(refresh_token) and (settings.secret_mode == "envelope" or rotation_due(credential, granted))
+    try:
+        try:
+            cache[key] = {"t": sealed.seal(token.access_token, _access_aad(cred_id, key), settings),
+                          "e": token.expires_at, "s": list(token.scopes)}
+            fields["accessTokens"] = cache
+        except SecretStoreError as exc:  # no data key (Key Vault down, its key missing): not shared this time
+            log.warning("could not seal the access token of credential %s for other instances: %s", cred_id,
+                        type(exc).__name__)
+        if rotate and refresh_token:
+            placement = sealed.put_secret(settings, name=credential.secretName or principals.secret_name(cred_id),
+                                          aad=principals.refresh_aad(cred_id), value=refresh_token)
+            known = {_scope_key(s) for s in credential.scopes}
+            fields.update(secretName=placement.secretName, sealedRefreshToken=placement.sealed,
+                          tokenWrittenAt=utcnow(), brokenCode=None, keepAliveAt=None,
+                          scopes=list(credential.scopes) + [s for s in granted if _scope_key(s) not in known])
+        if principals.change_credential(credential, fields) is None:
+            log.info("credential %s changed during its refresh (a new sign-in): its row is kept", cred_id)
+        elif rotate:
+            log.info("stored the newest refresh token of credential %s", cred_id)
+    except Exception as exc:  # noqa: BLE001 - the stored token stays valid; the next refresh writes again
+        log.warning("could not store the refresh of credential %s: %s", cred_id, type(exc).__name__)
+        if strict:
+            raise
+        _release(credential)
 
 
 def _redeem(app: OAuthApp, settings: Settings, refresh_token: str, scopes: list[str]) -> identity.Tokens:
@@ -439,27 +633,6 @@ def rotation_due(credential: Credential, granted: list[str], now: datetime | Non
     if now - written > ROTATE_AFTER:
         return True
     return bool(_resource_scopes(granted) - _resource_scopes(credential.scopes))
-
-
-def _rotate(credential: Credential, refresh_token: str, granted: list[str], settings: Settings, *,
-            strict: bool = False) -> None:
-    if not rotation_due(credential, granted):
-        return
-    try:
-        current = principals.get_credential(credential.credentialId)
-        if current is None or current.etag != credential.etag:
-            return  # deleted (do not resurrect it) or rewritten by a sign-in (its token is newer)
-        get_secret_store(settings).set(current.secretName, refresh_token)
-        known = {_scope_key(s) for s in current.scopes}
-        scopes = list(current.scopes) + [s for s in granted if _scope_key(s) not in known]
-        principals.upsert_credential(current.model_copy(update={
-            "tokenWrittenAt": utcnow(), "scopes": scopes, "brokenCode": None, "keepAliveAt": None}))
-        log.info("stored the newest refresh token of credential %s", credential.credentialId)
-    except Exception as exc:  # noqa: BLE001 - the stored token stays valid; the next refresh writes again
-        log.warning("could not store the newest refresh token of credential %s: %s",
-                    credential.credentialId, type(exc).__name__)
-        if strict:
-            raise
 
 
 # --- account state (shared.core.account_state) --------------------------------------------------------

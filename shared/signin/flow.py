@@ -1,13 +1,20 @@
 """The hosted sign-in: ``start`` (``GET /accounts/new``) and ``complete`` (``GET /oauth``).
 
-Write order in ``complete`` makes a crash harmless (../shared/DESIGN.md, invariant 4): claim the link nonce, write
-the refresh token, the index row and the credential row, then the account row (the commit point), then
-clean up the old binding. A failure before the commit releases the nonce so the same link can be retried.
+Write order in ``complete`` makes a crash harmless (../shared/DESIGN.md, invariant 4): claim the link nonce, store
+the refresh token (``shared.storage.sealed``: a secret in keyvault mode, sealed on the row in envelope mode), the
+credential row and the index row in one transaction (``principals.bind``), then the account row with its events
+(the commit point), then clean up the old binding. A failure before the commit releases the nonce so the same link
+can be retried.
+
+Table calls (issue 14, point 5): the account read, the link claim, the binding transaction, the account
+transaction, the link's completion and the outbox index: six (keyvault mode adds ``_ensure_binding``'s read). The
+old credential row is not read: when the account signed into was in ``authenticationError``, its credential's
+accounts are reconnected at once; the credential's other broken accounts, and the account counts, are brought in
+step by the next webhook delivery run, which processes the sign-in's event (``shared.webhooks.dispatcher``).
 
 Before the first write, the mailbox access check (``shared.microsoft.access_check``, ``MC_ACCESS_CHECK``) opens the
 mailbox with the access token just obtained; when the mailbox refuses the signer, nothing is written and
-the app gets ``error=mailbox_access_denied`` or ``mailbox_not_found``. After the commit, the other
-accounts of the same credential are flipped back to ``connected`` (the refresh token works again).
+the app gets ``error=mailbox_access_denied`` or ``mailbox_not_found``.
 
 Who a mailbox belongs to (issue 12, points 1-3; the README's "Trust rules" says the same for app developers)
     *Which mailbox* (``_prove_mailbox``). The signer is ``tid`` + ``oid``. A shared mailbox is the link's
@@ -118,6 +125,7 @@ from shared.schemas import AccessCheck, LinkData
 from shared.settings import Settings
 from shared.signin import flowstate
 from shared.signin.pages import Choice
+from shared.storage import sealed
 from shared.storage.secrets.base import SecretStoreUnavailable
 from shared.storage.secrets.factory import get_secret_store
 from shared.storage.tables import accounts, apps, links, principals
@@ -173,7 +181,8 @@ def credential_id(app_id: str, tid: str, oid: str) -> str:
 
 
 def credential_secret_name(cred_id: str) -> str:
-    return f"rt-{cred_id}"
+    """The secret-store name of a credential's refresh token in keyvault mode (``principals.secret_name``)."""
+    return principals.secret_name(cred_id)
 
 
 def derived_account_id(tid: str, mailbox: str) -> str:
@@ -296,19 +305,20 @@ def complete(params: dict[str, str], cookies: dict[str, str], settings: Settings
     A callback is consumed once, without a flow row to consume. The cookie stays valid until it expires, so the
     same callback (state + cookie + code) may arrive again, or several times at once; what stops it:
 
-    1. the link's used-link row (``_refuse_used_link``: one point read before the code is redeemed): once a
-       callback of this sign-in claimed the link, a replay ends on the ``session_unknown`` page (a callback of
-       another sign-in of the link: ``link_used`` at the app). A claim's ``owner`` is the state's random part
-       plus a token of this one callback, so a replay is never taken for the claim's own lost answer;
-    2. Microsoft's one-time code: callbacks racing past (1) send the same code, and all but one are refused with
-       AADSTS54005 (already redeemed), which ends on the ``session_unknown`` page too;
-    3. the link claim itself (``links.claim``, a conditional insert) and the account commit (ETag): single use is
-       enforced there whatever happened before.
+    1. Microsoft's one-time code: a replay, or callbacks racing each other, send the same code, and all but the
+       first are refused with AADSTS54005 (already redeemed), which ends on the ``session_unknown`` page. (The
+       callback no longer reads the used-link row before redeeming: issue 14 point 5; ``GET /accounts/new``
+       still tells a person with a used link before they sign in);
+    2. the link claim itself (``links.claim``, a conditional insert): a callback that finds the link claimed by
+       its own sign-in ends on ``session_unknown`` too, one of another sign-in of the link on ``link_used`` at
+       the app (``_refuse_used_link``). A claim's ``owner`` is the state's random part plus a token of this
+       one callback, so a replay is never taken for the claim's own lost answer;
+    3. the account commit (ETag): single use is enforced there whatever happened before.
 
     A callback whose sign-in failed before the commit released its claim (the link may be retried); its replay
-    meets Microsoft's refusal of the spent code (2), never a second sign-in. Every callback that reaches the app
-    clears the cookie; one that failed before redeeming the code (storage down at (1)) tells the app
-    ``temporarily_unavailable``, and the link works again.
+    meets Microsoft's refusal of the spent code (1), never a second sign-in. Every callback that reaches the app
+    clears the cookie; one that failed on storage tells the app ``temporarily_unavailable``, and the link works
+    again.
     """
     state = params.get("state") or ""
     if not _STATE.fullmatch(state):  # fullmatch: "$" of match() would let a trailing newline through
@@ -381,7 +391,6 @@ def _finish(pending: flowstate.Flow, link: LinkData, params: dict[str, str], set
         raise AppError(code, description)
     if not params.get("code"):
         raise AppError("invalid_request", "the sign-in response carried no authorization code")
-    _refuse_used_link(pending, link, clear)  # before Microsoft's one-time code is spent on a sign-in that is over
     app = apps.get_app(pending.app_id)
     if app is None:
         raise AppError("app_unavailable", "the OAuth app of this link is no longer available")
@@ -438,12 +447,13 @@ def _finish(pending: flowstate.Flow, link: LinkData, params: dict[str, str], set
     if not claimed:
         _refuse_used_link(pending, link, clear)
         raise AppError("link_used", "this sign-in link was already used")  # released meanwhile: still refused
+    stored: _Stored | None = None
     try:
-        stored = _store_credential(app.id, cred_id, tid, oid, upn, claims.get("name"), tokens, settings)
-        principals.add_account(cred_id, account_id, mailbox)
+        stored = _store_credential(app.id, cred_id, tid, oid, upn, claims.get("name"), tokens, account_id, mailbox,
+                                   settings)
         state, previous = _commit(account, proof, existing)
     except BaseException as exc:
-        _undo_before_commit(link.nonce, owner, cred_id, account_id, settings)
+        _undo_before_commit(link.nonce, owner, cred_id, account_id, stored, settings)
         if isinstance(exc, SecretStoreUnavailable):
             raise AppError("temporarily_unavailable",
                            "the credential could not be stored; try the link again") from None
@@ -454,9 +464,10 @@ def _finish(pending: flowstate.Flow, link: LinkData, params: dict[str, str], set
     # Committed: the outcome is decided, and clean-up failures must not turn it into an error.
     if previous is not None and previous.credentialId != cred_id:
         _best_effort("unbind the previous credential", unbind, previous.credentialId, account_id, settings)
-    _best_effort("check the binding", _ensure_binding, stored, account_id, mailbox, settings)
-    if stored.was_broken:
-        _mark_connected(cred_id)
+    if stored.credential.secretName:  # keyvault mode: the secret is outside the binding's transaction
+        _best_effort("check the binding", _ensure_binding, stored, account_id, mailbox, settings)
+    if existing is not None and existing.state == AUTH_ERROR:
+        _mark_connected(cred_id)  # the accounts of this credential that were marked work again
     signer_changed = previous is not None and events.signer_changed(previous, account)
     log.info("account %s %s (delegated=%s, access check %s%s)", account_id, state, link.delegated, access,
              f"; signer changed from {previous.signerUpn} to {upn}" if previous is not None and signer_changed
@@ -670,29 +681,33 @@ def _mark_connected(cred_id: str) -> None:
 
 
 def _store_credential(app_id: str, cred_id: str, tid: str, oid: str, upn: str, name: str | None,
-                      tokens: Tokens, settings: Settings) -> _Stored:
-    """Secret first, then the credential row; remembers whether the old row said the credential was broken."""
-    before = principals.get_credential(cred_id)
-    secret_name = credential_secret_name(cred_id)
-    get_secret_store(settings).set(secret_name, tokens.refresh_token or "")
+                      tokens: Tokens, account_id: str, mailbox: str, settings: Settings) -> _Stored:
+    """The refresh token where ``MC_SECRET_MODE`` says (keyvault: the secret first, so a row never names a missing
+    secret; envelope: sealed on the row), then the credential row and the account's index row in one
+    transaction (``principals.bind``): an ``unbind`` racing it sees both or neither."""
+    placement = sealed.put_secret(settings, name=principals.secret_name(cred_id), aad=principals.refresh_aad(cred_id),
+                                  value=tokens.refresh_token or "")
     credential = Credential(credentialId=cred_id, appId=app_id, tid=tid, oid=oid, upn=upn, name=name,
-                            scopes=tokens.scopes, secretName=secret_name, tokenWrittenAt=utcnow())
-    etag = principals.upsert_credential(credential)
-    return _Stored(credential, etag, bool(before and before.broken), tokens.refresh_token or "")
+                            scopes=tokens.scopes, secretName=placement.secretName,
+                            sealedRefreshToken=placement.sealed, tokenWrittenAt=utcnow())
+    etag, index_etag = principals.bind(credential, account_id, mailbox)
+    return _Stored(credential, etag, index_etag, tokens.refresh_token or "")
 
 
 @dataclass
 class _Stored:
     credential: Credential
     etag: str | None
-    was_broken: bool
+    index_etag: str | None
     refresh_token: str = field(repr=False)
 
 
 def _ensure_binding(stored: _Stored, account_id: str, mailbox: str, settings: Settings) -> None:
-    """After the commit: if the credential row changed under us, an ``unbind`` (an account delete or a
-    re-bind racing this sign-in) may have removed the index row, the row and the secret this account now
-    points at. Write them again; the account row is the truth. One point read when nothing happened."""
+    """Keyvault mode, after the commit: if the credential row changed under us, an ``unbind`` (an account delete
+    or a re-bind racing this sign-in) may have deleted the secret this account now points at (the secret
+    cannot join the row's transaction). Write the binding again; the account row is the truth. One point read
+    when nothing happened. (Envelope mode needs none of this: the token is on the row, written with the index
+    row in one transaction.)"""
     current = principals.get_credential(stored.credential.credentialId)
     if current is not None and current.etag == stored.etag:
         return
@@ -700,10 +715,12 @@ def _ensure_binding(stored: _Stored, account_id: str, mailbox: str, settings: Se
     if account is None or account.credentialId != stored.credential.credentialId:
         return  # deleted or re-bound after our commit: that writer's unbind owns the clean-up
     log.warning("account %s: its credential changed during the sign-in; writing the binding again", account_id)
-    get_secret_store(settings).set(stored.credential.secretName, stored.refresh_token)
-    principals.add_account(stored.credential.credentialId, account_id, mailbox)
+    if current is None or current.secretName == stored.credential.secretName:
+        get_secret_store(settings).set(stored.credential.secretName, stored.refresh_token)
     if current is None:
-        principals.upsert_credential(stored.credential)
+        principals.bind(stored.credential, account_id, mailbox)
+    else:
+        principals.add_account(stored.credential.credentialId, account_id, mailbox)
 
 
 def _commit(account: Account, proof: _Proof, known: Account | None) -> tuple[str, Account | None]:
@@ -711,7 +728,7 @@ def _commit(account: Account, proof: _Proof, known: Account | None) -> tuple[str
     reading the row back: our write is recognised by its ``updated`` timestamp and credential. ``known`` is
     the row read before the writes (the previous row, when the lost answer leaves no other)."""
     try:
-        return _commit_account(account, proof, known)
+        return _commit_account(account, proof, known, count_now=False)
     except Exception as exc:
         if not is_transient(exc):
             raise
@@ -727,7 +744,8 @@ def _commit(account: Account, proof: _Proof, known: Account | None) -> tuple[str
         return "existing", known if known is not None and known.created == current.created else None
 
 
-def _undo_before_commit(nonce: str, owner: str, cred_id: str, account_id: str, settings: Settings) -> None:
+def _undo_before_commit(nonce: str, owner: str, cred_id: str, account_id: str, stored: _Stored | None,
+                        settings: Settings) -> None:
     """A failure before the commit: free the link for a retry and take back a binding no account uses.
 
     Best effort (storage may be what failed); ``unbind`` keeps the credential when the account row points at
@@ -740,11 +758,14 @@ def _undo_before_commit(nonce: str, owner: str, cred_id: str, account_id: str, s
         log.warning("sign-in: could not check the account after a failure (%s)", type(exc).__name__)
         return
     if current is None or current.credentialId != cred_id:
-        _best_effort("take back the new binding", unbind, cred_id, account_id, settings)
+        # Only the index row as we wrote it (its ETag): a sign-in of the same signer and account racing this one
+        # may have written it again, and its commit needs it.
+        index_etag = stored.index_etag if stored is not None else None
+        _best_effort("take back the new binding", unbind, cred_id, account_id, settings, index_etag)
 
 
 def _commit_account(account: Account, proof: _Proof | None = None,
-                    known: Account | None = None) -> tuple[str, Account | None]:
+                    known: Account | None = None, *, count_now: bool = True) -> tuple[str, Account | None]:
     """Insert, or replace the existing row under its ETag; retried (with a short random wait, up to
     ``COMMIT_ATTEMPTS`` times) when a concurrent write wins, then 503. The first attempt uses ``known`` (the
     row read before the writes; None: insert without reading, so a new account costs one write). ``proof``
@@ -787,9 +808,11 @@ def _commit_account(account: Account, proof: _Proof | None = None,
             current)
 
     def write(commit: _Commit) -> bool:
+        # count_now=False (the callback, via _commit): the webhook delivery run of these events syncs the account
+        # count (shared.storage.tables.accounts, "Counts"): 4 Table requests fewer here. POST /v1/account: at once.
         if commit.previous is None:
-            return accounts.insert_account(commit.row, commit.events)
-        return accounts.replace_account(commit.row, commit.events)
+            return accounts.insert_account(commit.row, commit.events, count_now=count_now)
+        return accounts.replace_account(commit.row, commit.events, count_now=count_now)
 
     def spread(attempt: int) -> None:  # contention: spread the retries
         time.sleep(random.uniform(0, min(0.1, 0.005 * 2 ** attempt)))
@@ -813,14 +836,15 @@ class _Commit(NamedTuple):
     previous: Account | None = None
 
 
-def unbind(cred_id: str, account_id: str, settings: Settings) -> None:
+def unbind(cred_id: str, account_id: str, settings: Settings, index_etag: str | None = None) -> None:
     """Remove one index row; delete the credential and its secret when no account uses it any more.
 
     The credential row is deleted under its ETag, so a sign-in that rewrote it meanwhile keeps it, and
     not while the account row points at this credential again. A sign-in racing this from the other
     side repairs its binding after its commit (``_ensure_binding``).
     """
-    principals.remove_account(cred_id, account_id)
+    if not principals.remove_account(cred_id, account_id, index_etag):
+        return  # the index row was written again by another sign-in of this account: it is theirs now
     credential = principals.get_credential(cred_id)
     if credential is None or principals.account_ids(cred_id):
         return
@@ -830,4 +854,4 @@ def unbind(cred_id: str, account_id: str, settings: Settings) -> None:
         principals.add_account(cred_id, account_id, current.email)
         return
     if principals.delete_credential_row(credential):
-        get_secret_store(settings).delete(credential.secretName)
+        sealed.drop_secret(settings, credential.secretName)

@@ -2,6 +2,15 @@
 
 Time comes from an injectable clock (``Dispatcher(clock=...)``), so the whole 24-hour schedule is tested
 without waiting.
+
+Account counts (``GET /v1/accounts``'s ``total``, ``shared.storage.tables.counts``): a run syncs the count of every
+account whose events it processes (``sync_counts``: once per account per run, after the fan-out, also when the
+fan-out failed part-way, and also for the sweeper's events). The sign-in callback does not sync its account's count
+(4 Table requests fewer on the hot path): every sign-in writes events in the same transaction as the account row,
+so the run that processes them (at least once, with or without webhook targets: the event rows are fanned out to
+no one and deleted) counts the account, at most ~10 s after the sign-in. A sync is idempotent and convergent, so
+processing an event twice, or syncing an account another writer synced already, changes nothing. A run lost
+altogether leaves the count to the storage sweeper's reconciliation (``accounts.reconcile_counts``).
 """
 
 from __future__ import annotations
@@ -12,17 +21,18 @@ import random
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from shared.core import account_state
 from shared.core import events as ev
 from shared.errors import ApiError
 from shared.settings import Settings
 from shared.storage.secrets.base import SecretNotFound
-from shared.storage.tables import deliveries, outbox
+from shared.storage.tables import accounts, deliveries, outbox
 from shared.storage.tables.deliveries import DEAD, PENDING, Delivery
 from shared.storage.tables.outbox import EventRow
 from shared.storage.tables.records import utcnow
@@ -68,6 +78,7 @@ class RunReport:
     failed: int = 0  # attempts that failed and will be retried
     dead: int = 0  # attempts that failed for good (dead letters)
     dropped: int = 0  # rows of targets that no longer exist
+    counted: int = 0  # accounts whose count the run synced (one whose row is gone: nothing to do; module docstring)
 
 
 @dataclass
@@ -97,12 +108,21 @@ class Dispatcher:
         pending = outbox.pending(limit)
         if not pending:
             return 0
-        targets = all_targets(self.settings)
-        for event_id, index in pending:
-            event = outbox.get_event(index.eventPk, index.eventRk)
-            if event is not None:
-                self._fan_out(event, targets)
-            outbox.remove_index(event_id)
+        seen: list[str] = []  # the accounts of the events processed: their counts are synced after the fan-out
+        signed_in: list[str] = []  # ... and those a sign-in committed: their credential's other accounts
+        try:
+            targets = all_targets(self.settings)
+            for event_id, index in pending:
+                event = outbox.get_event(index.eventPk, index.eventRk)
+                if event is not None:
+                    self._fan_out(event, targets)
+                    if _signed_in(event):
+                        signed_in.append(event.account)
+                seen.append(index.eventPk)  # also when gone: an earlier run may have stopped before its sync
+                outbox.remove_index(event_id)
+        finally:
+            self.sync_counts(seen)
+            self.reconnect(signed_in)
         return len(pending)
 
     def sweep(self, limit: int = 1000) -> int:
@@ -111,11 +131,47 @@ class Dispatcher:
         if found:
             log.warning("sweeper: %d event(s) had no outbox index row (lost fast-path write); fanning out",
                         len(found))
-            targets = all_targets(self.settings)
-            for event in found:
-                self._fan_out(event, targets)
-                outbox.remove_index(event.id)
+            seen: list[str] = []
+            try:
+                targets = all_targets(self.settings)
+                for event in found:
+                    self._fan_out(event, targets)
+                    seen.append(event.account)
+                    outbox.remove_index(event.id)
+            finally:
+                self.sync_counts(seen)
+                self.reconnect([e.account for e in found if _signed_in(e)])
         return len(found)
+
+    def sync_counts(self, account_ids: Iterable[str]) -> int:
+        """Sync the account count of each account once (``accounts.sync_count``: best effort, never raises), up
+        to ``MAX_WORKERS`` at a time; how many accounts. See the module docstring for why."""
+        ids = list(dict.fromkeys(account_ids))
+        if len(ids) == 1:
+            accounts.sync_count(ids[0])
+        elif ids:
+            with ThreadPoolExecutor(max_workers=min(MAX_WORKERS, len(ids)), thread_name_prefix="counts") as pool:
+                list(pool.map(accounts.sync_count, ids))
+        with _report_lock:
+            self.report.counted += len(ids)
+        return len(ids)
+
+    def reconnect(self, account_ids: Iterable[str]) -> int:
+        """After a sign-in: the other accounts of its credential marked ``authenticationError`` work again (the
+        sign-in stored a refresh token that works). The callback does this itself only for the account it
+        repaired (it no longer reads the old credential row: issue 14, point 5); the rest is done here, off
+        the hot path (``account_state.mark_connected``: best effort, never raises). How many accounts flipped."""
+        flipped = 0
+        for account_id in dict.fromkeys(account_ids):
+            try:
+                account = accounts.get_account(account_id)
+            except Exception as exc:  # noqa: BLE001 - the token endpoint heals such accounts on their next request
+                log.warning("account %s: could not read it to reconnect its credential (%s)", account_id,
+                            type(exc).__name__)
+                continue
+            if account is not None:
+                flipped += account_state.mark_connected(account.credentialId)
+        return flipped
 
     # -- fan-out
 
@@ -140,7 +196,6 @@ class Dispatcher:
 
     def _reauth(self, account_id: str) -> dict[str, str]:
         from shared.core.links import reauth_link_for
-        from shared.storage.tables import accounts
 
         account = accounts.get_account(account_id)
         if account is None:
@@ -269,6 +324,13 @@ class Dispatcher:
 _report_lock = threading.Lock()
 _session_lock = threading.Lock()
 _sessions: dict[bool, requests.Session] = {}
+
+
+def _signed_in(event: EventRow) -> bool:
+    """A sign-in's ``authenticationSuccess`` that did not repair the account itself (then the callback reconnected
+    the credential's accounts already)."""
+    return event.event == ev.AUTHENTICATION_SUCCESS and event.data.get("reason") == "signIn" and \
+        not event.data.get("repaired")
 
 
 def _shared_session(*, loopback: bool) -> requests.Session:

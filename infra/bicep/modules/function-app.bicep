@@ -26,6 +26,8 @@ param packageContainerUrl string
 param virtualNetworkSubnetId string = ''
 param appInsightsName string
 param keyVaultUrl string
+@description('Envelope mode: the Key Vault key that wraps the data keys (keyvault.bicep).')
+param dataKeyName string = 'mc-data-key'
 param customPublicUrl string = ''
 param redirectAllowlist string = ''
 param tablePrefix string = ''
@@ -38,6 +40,11 @@ param flowTtlSeconds int
   'off'
 ])
 param accessCheck string = 'on'
+@allowed([
+  'keyvault'
+  'envelope'
+])
+param tokenStorageMode string = 'keyvault'
 param webhookUrls string = ''
 param reauthRedirectUrl string = ''
 param keepaliveDays int = 30
@@ -139,11 +146,14 @@ resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
     MC_TABLES_ENDPOINT: storage.properties.primaryEndpoints.table
     MC_TABLE_PREFIX: tablePrefix
     MC_KEY_VAULT_URL: keyVaultUrl
+    // Envelope mode's key-encryption key in that vault (wrapKey/unwrapKey only; the app may use no other key).
+    MC_DATA_KEY_NAME: dataKeyName
     MC_REDIRECT_ALLOWLIST: redirectAllowlist
     MC_LINK_TTL_SECONDS: string(linkTtlSeconds)
     MC_LINK_MAX_TTL_SECONDS: string(linkMaxTtlSeconds)
     MC_FLOW_TTL_SECONDS: string(flowTtlSeconds)
     MC_ACCESS_CHECK: accessCheck
+    MC_SECRET_MODE: tokenStorageMode
     // Webhooks: configured targets (their signing key is Key Vault secret mc-webhook-secret; targets
     // registered through /v1/webhooks keep their own key there) and the re-authentication redirect.
     MC_WEBHOOK_URLS: webhookUrls

@@ -5,6 +5,8 @@
 // (OAuth client secrets, the link-signing key). Nobody gets a storage key: shared-key access is off.
 param storageAccountName string
 param keyVaultName string
+@description('Envelope mode\'s key-encryption key in that vault (keyvault.bicep creates it).')
+param dataKeyName string
 param appInsightsName string
 param identityPrincipalId string
 param deployIdentityPrincipalId string
@@ -25,6 +27,9 @@ var storageBlobDataOwner = 'b7e6dc6d-f1e8-4753-8033-0f276bb0955b'
 var storageBlobDataContributor = 'ba92f5b4-2d11-453d-a403-e96b0029c9fe'
 var storageTableDataContributor = '0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3'
 var keyVaultSecretsOfficer = 'b86a8fe4-44ce-4948-aee5-eccb2c155cd7'
+// Key Vault Crypto Service Encryption User: data actions keys/read, keys/wrap/action, keys/unwrap/action
+// (its control-plane actions, Event Grid event subscriptions, mean nothing at a key's scope).
+var keyVaultCryptoServiceEncryptionUser = 'e147488a-f6f5-4113-8e2d-b22465e65bf6'
 var monitoringMetricsPublisher = '3913510d-42f4-4e42-8a64-420c390055eb'
 
 // No queue role: the service has HTTP and timer triggers and uses no queue (timers need only the host's
@@ -37,6 +42,11 @@ resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
 
 resource vault 'Microsoft.KeyVault/vaults@2023-07-01' existing = {
   name: keyVaultName
+}
+
+resource dataKey 'Microsoft.KeyVault/vaults/keys@2023-07-01' existing = {
+  parent: vault
+  name: dataKeyName
 }
 
 resource packageStorage 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
@@ -117,6 +127,17 @@ resource appSecrets 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
     principalId: identityPrincipalId
     principalType: 'ServicePrincipal'
     roleDefinitionId: appSecretsRole.id
+  }
+}
+
+// ... envelope mode's key-encryption key, and that key only: read its public part, wrap and unwrap data keys ...
+resource appDataKey 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(dataKey.id, identityPrincipalId, keyVaultCryptoServiceEncryptionUser)
+  scope: dataKey
+  properties: {
+    principalId: identityPrincipalId
+    principalType: 'ServicePrincipal'
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', keyVaultCryptoServiceEncryptionUser)
   }
 }
 

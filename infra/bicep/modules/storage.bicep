@@ -36,6 +36,7 @@ var serviceTables = [
   'webhooks'
   'deliveries'
   'accountcounts'
+  'datakeys'
 ]
 
 resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' = {

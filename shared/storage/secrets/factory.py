@@ -11,6 +11,11 @@
 
 The store is built once per process and settings object (``get_settings()`` is itself cached);
 ``reset_secret_store()`` forgets it (tests, after changing the environment).
+
+Envelope mode's key wrapper (:func:`get_key_wrapper`) is chosen the same way and cached alike:
+``MC_KEY_VAULT_URL`` set: :class:`~shared.storage.secrets.keywrap.KeyVaultKeyWrapper` with the Key Vault key
+``MC_DATA_KEY_NAME`` (default ``mc-data-key``); otherwise
+:class:`~shared.storage.secrets.keywrap.LocalKeyWrapper` with ``MC_LOCAL_SECRET_KEY`` (same refusals).
 """
 
 from __future__ import annotations
@@ -18,10 +23,16 @@ from __future__ import annotations
 import base64
 import binascii
 import threading
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 from shared.settings import Settings, SettingsError, get_settings
 from shared.storage.secrets.base import SecretStore, SecretStoreError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from azure.core.credentials import TokenCredential
+
+    from shared.storage.secrets.keywrap import KeyWrapper
 
 SECRETS_TABLE = "secrets"
 _LOOPBACK = {"localhost", "127.0.0.1", "::1"}
@@ -33,6 +44,7 @@ class SecretStoreConfigError(SecretStoreError, SettingsError):
 
 _lock = threading.Lock()
 _cached: tuple[Settings, SecretStore] | None = None
+_cached_wrapper: tuple[Settings, KeyWrapper] | None = None
 
 
 def get_secret_store(settings: Settings | None = None) -> SecretStore:
@@ -48,10 +60,33 @@ def get_secret_store(settings: Settings | None = None) -> SecretStore:
 
 
 def reset_secret_store() -> None:
-    """Forget the cached store (tests switch settings between runs)."""
-    global _cached
+    """Forget the cached store and key wrapper (tests switch settings between runs)."""
+    global _cached, _cached_wrapper
     with _lock:
         _cached = None
+        _cached_wrapper = None
+
+
+def get_key_wrapper(settings: Settings | None = None) -> KeyWrapper:
+    """The process's key wrapper (envelope mode's KEK) for ``settings``, built on first use."""
+    global _cached_wrapper
+    settings = settings or get_settings()
+    with _lock:
+        if _cached_wrapper is not None and _cached_wrapper[0] is settings:
+            return _cached_wrapper[1]
+        wrapper = build_key_wrapper(settings)
+        _cached_wrapper = (settings, wrapper)
+        return wrapper
+
+
+def build_key_wrapper(settings: Settings) -> KeyWrapper:
+    """A new key wrapper for ``settings`` (uncached)."""
+    from shared.storage.secrets.keywrap import KeyVaultKeyWrapper, LocalKeyWrapper
+
+    if settings.key_vault_url:
+        url, credential, options = _key_vault_client_args(settings)
+        return KeyVaultKeyWrapper(url, settings.data_key_name, credential, **options)
+    return LocalKeyWrapper(_local_key(settings))
 
 
 def build_secret_store(settings: Settings) -> SecretStore:
@@ -62,23 +97,38 @@ def build_secret_store(settings: Settings) -> SecretStore:
 
 
 def _key_vault_store(settings: Settings) -> SecretStore:
-    from shared.storage import azure_credential
     from shared.storage.secrets.keyvault import KeyVaultSecretStore
+
+    url, credential, options = _key_vault_client_args(settings)
+    return KeyVaultSecretStore(url, credential, **options)
+
+
+def _key_vault_client_args(settings: Settings) -> tuple[str, TokenCredential, dict[str, Any]]:
+    """The vault URL (checked), the credential and the client options shared by the store and the wrapper."""
+    from shared.storage import azure_credential
 
     url = settings.key_vault_url or ""
     parsed = urlparse(url)
     if parsed.scheme != "https" or not parsed.hostname:
         raise SecretStoreConfigError("MC_KEY_VAULT_URL must be an https URL, e.g. https://<vault>.vault.azure.net")
     local_fake = not settings.in_azure and parsed.hostname.lower() in _LOOPBACK
-    return KeyVaultSecretStore(
-        url,
-        azure_credential.get_azure_credential(settings),
-        connection_verify=settings.ca_bundle or None,
-        verify_challenge_resource=not local_fake,
-    )
+    options: dict[str, Any] = {
+        "connection_verify": settings.ca_bundle or None,
+        "verify_challenge_resource": not local_fake,
+    }
+    return url, azure_credential.get_azure_credential(settings), options
 
 
 def _local_store(settings: Settings) -> SecretStore:
+    key = _local_key(settings)
+    from shared.storage.secrets.local import LocalSecretStore
+    from shared.storage.tables.client import table
+
+    return LocalSecretStore(key, table(SECRETS_TABLE, settings), in_azure=settings.in_azure)
+
+
+def _local_key(settings: Settings) -> bytes:
+    """The 32 bytes of ``MC_LOCAL_SECRET_KEY``; refuses in Azure, when unset and when malformed."""
     if settings.in_azure:
         raise SecretStoreConfigError(
             "MC_KEY_VAULT_URL is required in Azure: the local secret store (MC_LOCAL_SECRET_KEY) is for "
@@ -97,7 +147,4 @@ def _local_store(settings: Settings) -> SecretStore:
         raise SecretStoreConfigError(
             f"MC_LOCAL_SECRET_KEY must be base64 of 32 random bytes (it decodes to {len(key)} bytes)"
         )
-    from shared.storage.secrets.local import LocalSecretStore
-    from shared.storage.tables.client import table
-
-    return LocalSecretStore(key, table(SECRETS_TABLE, settings), in_azure=settings.in_azure)
+    return key

@@ -57,11 +57,13 @@ BEING_RECOVERED = "ObjectIsBeingRecovered"
 MAX_VALUE_BYTES = 25 * 1024
 MAX_TAGS = 15
 
-_DEFAULT_RETRY_AFTER = 5
+DEFAULT_RETRY_AFTER = 5
 
 
-class _HttpFailure(SecretStoreError):
-    """Internal: a non-retryable HTTP answer, with Key Vault's error codes (outer and inner)."""
+class HttpFailure(SecretStoreError):
+    """A non-retryable HTTP answer, with Key Vault's error codes (outer and inner). Raised by
+    :func:`call_with_retries` for its caller to interpret; turned into a plain :class:`SecretStoreError`
+    before it leaves a store or key wrapper."""
 
     def __init__(self, message: str, status: int | None, codes: tuple[str, ...]) -> None:
         super().__init__(message)
@@ -69,8 +71,8 @@ class _HttpFailure(SecretStoreError):
         self.codes = codes
 
 
-class _Budget:
-    """The wait allowed for one store call: a number of attempts per request and a total sleep."""
+class Budget:
+    """The wait allowed for one store call (all its requests): a total sleep, shared by the retries."""
 
     def __init__(self, sleep: Callable[[float], Any], max_wait: float) -> None:
         self._sleep = sleep
@@ -142,7 +144,7 @@ class KeyVaultSecretStore:
         budget = self._budget()
         try:
             secret = self._call("get", name, budget, lambda: self._client.get_secret(name))
-        except _HttpFailure as exc:
+        except HttpFailure as exc:
             raise self._public(exc) from None
         return secret.value if secret.value is not None else ""
 
@@ -162,7 +164,7 @@ class KeyVaultSecretStore:
                     lambda: self._client.set_secret(name, value, content_type=CONTENT_TYPE, tags=tags),
                 )
                 return
-            except _HttpFailure as exc:
+            except HttpFailure as exc:
                 if exc.status == 409 and DELETED_BUT_RECOVERABLE in exc.codes and not recovered:
                     log.info("secret %s is soft-deleted; recovering it before writing", name)
                     if self._recover(name, budget):
@@ -178,7 +180,7 @@ class KeyVaultSecretStore:
                         continue
                     raise SecretStoreUnavailable(
                         f"Key Vault set {name}: a delete or recovery of this name is still in progress",
-                        retry_after=_DEFAULT_RETRY_AFTER,
+                        retry_after=DEFAULT_RETRY_AFTER,
                     ) from None
                 raise self._public(exc) from None
 
@@ -190,17 +192,17 @@ class KeyVaultSecretStore:
             self._call("delete", name, budget, lambda: self._client.begin_delete_secret(name))
         except SecretNotFound:
             return
-        except _HttpFailure as exc:
+        except HttpFailure as exc:
             if exc.status == 409 and BEING_DELETED in exc.codes:
                 return
             raise self._public(exc) from None
 
     # -- internals -------------------------------------------------------------------------------------
 
-    def _budget(self) -> _Budget:
-        return _Budget(self._sleep, self._max_wait)
+    def _budget(self) -> Budget:
+        return Budget(self._sleep, self._max_wait)
 
-    def _recover(self, name: str, budget: _Budget) -> bool:
+    def _recover(self, name: str, budget: Budget) -> bool:
         """Recover a soft-deleted secret and wait (bounded) until it is readable again.
 
         ``False`` when the vault refused with 409 (its delete of the name is still being processed): the
@@ -212,7 +214,7 @@ class KeyVaultSecretStore:
         except SecretNotFound:
             # Nothing deleted under that name any more (recovered or purged meanwhile): just write.
             return True
-        except _HttpFailure as exc:
+        except HttpFailure as exc:
             if exc.status == 409:
                 return False
             raise self._public(exc) from None
@@ -223,7 +225,7 @@ class KeyVaultSecretStore:
                 return True
             except SecretNotFound:
                 pass
-            except _HttpFailure as exc:
+            except HttpFailure as exc:
                 if exc.status == 403:
                     # Recovered but not readable (e.g. disabled, or no get permission): the write decides.
                     return True
@@ -231,78 +233,93 @@ class KeyVaultSecretStore:
             if not budget.wait(delay):
                 raise SecretStoreUnavailable(
                     f"Key Vault set {name}: recovery of the soft-deleted secret is still in progress",
-                    retry_after=_DEFAULT_RETRY_AFTER,
+                    retry_after=DEFAULT_RETRY_AFTER,
                 )
             delay = min(delay * 2, 4.0)
 
-    def _call(self, op: str, name: str, budget: _Budget, fn: Callable[[], T]) -> T:
-        """Run one SDK call with our retry policy; map every azure-core error to ours."""
-        from azure.core.exceptions import (
-            AzureError,
-            ClientAuthenticationError,
-            HttpResponseError,
-            ResourceNotFoundError,
-            ServiceRequestError,
-            ServiceResponseError,
-        )
-
-        backoff = 0.5
-        for attempt in range(1, self._max_attempts + 1):
-            last = attempt == self._max_attempts
-            try:
-                return fn()
-            except ResourceNotFoundError:
-                raise SecretNotFound(f"no secret named {name}") from None
-            except HttpResponseError as exc:
-                status = exc.status_code
-                codes = _error_codes(exc)
-                if status is None and isinstance(exc, ClientAuthenticationError):
-                    # Raised by the credential itself (no HTTP answer from the vault).
-                    raise SecretStoreUnavailable(
-                        f"Key Vault {op} {name}: cannot obtain a token for Key Vault "
-                        f"({type(exc).__name__})",
-                        retry_after=_DEFAULT_RETRY_AFTER,
-                    ) from None
-                if status == 429 or (status is not None and status >= 500):
-                    retry_after = _retry_after(exc)
-                    wait = retry_after if retry_after is not None else backoff
-                    what = "throttled" if status == 429 else f"HTTP {status}"
-                    if last or not budget.wait(wait):
-                        raise SecretStoreUnavailable(
-                            f"Key Vault {op} {name}: {what} after {attempt} attempt(s)",
-                            retry_after=_ceil(retry_after if retry_after is not None else _DEFAULT_RETRY_AFTER),
-                        ) from None
-                    log.warning("Key Vault %s %s: %s, retrying in %.1fs", op, name, what, wait)
-                    backoff = min(backoff * 2, 4.0)
-                    continue
-                code = "/".join(codes) or "no error code"
-                raise _HttpFailure(f"Key Vault {op} {name}: HTTP {status} ({code})", status, codes) from None
-            except (ServiceRequestError, ServiceResponseError) as exc:
-                if last or not budget.wait(backoff):
-                    raise SecretStoreUnavailable(
-                        f"Key Vault {op} {name}: cannot reach the vault ({type(exc).__name__})",
-                        retry_after=_DEFAULT_RETRY_AFTER,
-                    ) from None
-                log.warning("Key Vault %s %s: %s, retrying", op, name, type(exc).__name__)
-                backoff = min(backoff * 2, 4.0)
-            except ValueError as exc:
-                # The SDK's challenge check: the vault's challenge names a resource the vault URL is not
-                # under (a misconfigured MC_KEY_VAULT_URL, or a non-vault host). Retrying cannot fix it.
-                raise SecretStoreError(
-                    f"Key Vault {op} {name}: the vault's authentication challenge was refused "
-                    f"({type(exc).__name__}); check MC_KEY_VAULT_URL"
-                ) from None
-            except AzureError as exc:
-                # Anything else from the pipeline (e.g. an undecodable answer): nothing was changed
-                # that we know of, and the cause is on the wire, so report it as transient.
-                raise SecretStoreUnavailable(
-                    f"Key Vault {op} {name}: {type(exc).__name__}", retry_after=_DEFAULT_RETRY_AFTER
-                ) from None
-        raise AssertionError("unreachable")  # pragma: no cover
+    def _call(self, op: str, name: str, budget: Budget, fn: Callable[[], T]) -> T:
+        return call_with_retries(op, name, budget, fn, self._max_attempts)
 
     @staticmethod
-    def _public(exc: _HttpFailure) -> SecretStoreError:
+    def _public(exc: HttpFailure) -> SecretStoreError:
         return SecretStoreError(str(exc))
+
+
+def call_with_retries(
+    op: str, name: str, budget: Budget, fn: Callable[[], T], max_attempts: int, *, kind: str = "secret"
+) -> T:
+    """Run one Key Vault SDK call (``fn``) with our retry policy; map every azure-core error to ours.
+
+    Used by :class:`KeyVaultSecretStore` and by the key wrapper (``keywrap.py``); ``op`` and ``name`` (an
+    operation and a secret or key name, never a value) make the messages. 429 / 5xx / network errors are
+    retried up to ``max_attempts`` times within ``budget``, then :class:`SecretStoreUnavailable`
+    (``retry_after`` set); a credential failure is :class:`SecretStoreUnavailable`; a 404 is
+    :class:`SecretNotFound` (``no {kind} named {name}``); any other HTTP answer is :class:`HttpFailure`
+    (status and Key Vault's codes). The SDK exception is never chained (it holds the request, whose body may
+    be a secret or a key).
+    """
+    from azure.core.exceptions import (
+        AzureError,
+        ClientAuthenticationError,
+        HttpResponseError,
+        ResourceNotFoundError,
+        ServiceRequestError,
+        ServiceResponseError,
+    )
+
+    backoff = 0.5
+    for attempt in range(1, max_attempts + 1):
+        last = attempt == max_attempts
+        try:
+            return fn()
+        except ResourceNotFoundError:
+            raise SecretNotFound(f"no {kind} named {name}") from None
+        except HttpResponseError as exc:
+            status = exc.status_code
+            codes = _error_codes(exc)
+            if status is None and isinstance(exc, ClientAuthenticationError):
+                # Raised by the credential itself (no HTTP answer from the vault).
+                raise SecretStoreUnavailable(
+                    f"Key Vault {op} {name}: cannot obtain a token for Key Vault "
+                    f"({type(exc).__name__})",
+                    retry_after=DEFAULT_RETRY_AFTER,
+                ) from None
+            if status == 429 or (status is not None and status >= 500):
+                retry_after = _retry_after(exc)
+                wait = retry_after if retry_after is not None else backoff
+                what = "throttled" if status == 429 else f"HTTP {status}"
+                if last or not budget.wait(wait):
+                    raise SecretStoreUnavailable(
+                        f"Key Vault {op} {name}: {what} after {attempt} attempt(s)",
+                        retry_after=_ceil(retry_after if retry_after is not None else DEFAULT_RETRY_AFTER),
+                    ) from None
+                log.warning("Key Vault %s %s: %s, retrying in %.1fs", op, name, what, wait)
+                backoff = min(backoff * 2, 4.0)
+                continue
+            code = "/".join(codes) or "no error code"
+            raise HttpFailure(f"Key Vault {op} {name}: HTTP {status} ({code})", status, codes) from None
+        except (ServiceRequestError, ServiceResponseError) as exc:
+            if last or not budget.wait(backoff):
+                raise SecretStoreUnavailable(
+                    f"Key Vault {op} {name}: cannot reach the vault ({type(exc).__name__})",
+                    retry_after=DEFAULT_RETRY_AFTER,
+                ) from None
+            log.warning("Key Vault %s %s: %s, retrying", op, name, type(exc).__name__)
+            backoff = min(backoff * 2, 4.0)
+        except ValueError as exc:
+            # The SDK's challenge check: the vault's challenge names a resource the vault URL is not
+            # under (a misconfigured MC_KEY_VAULT_URL, or a non-vault host). Retrying cannot fix it.
+            raise SecretStoreError(
+                f"Key Vault {op} {name}: the vault's authentication challenge was refused "
+                f"({type(exc).__name__}); check MC_KEY_VAULT_URL"
+            ) from None
+        except AzureError as exc:
+            # Anything else from the pipeline (e.g. an undecodable answer): nothing was changed
+            # that we know of, and the cause is on the wire, so report it as transient.
+            raise SecretStoreUnavailable(
+                f"Key Vault {op} {name}: {type(exc).__name__}", retry_after=DEFAULT_RETRY_AFTER
+            ) from None
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _check_value(value: str) -> None:

@@ -9,4 +9,4 @@ that assert it stays empty keep working; dropping it is a later, separate change
 """
 
 TABLES = ("accounts", "principals", "flows", "links", "apps", "apitokens", "secrets", "outbox", "webhooks",
-          "deliveries", "accountcounts")
+          "deliveries", "accountcounts", "datakeys")

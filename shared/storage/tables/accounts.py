@@ -9,6 +9,15 @@ change of ``state`` or ``appId``) syncs the account's count after it committed, 
 ``reconcile_counts``, run by the storage sweeper, catches up). A replace knows what changed from the row it
 replaces: rows read here remember the app and state they were read with (``model_copy`` keeps that), and a row
 built from scratch counts as changed.
+
+The sign-in callback (``shared.signin.flow``) is the exception: it writes with ``count_now=False``, which skips
+the sync (3 round trips, 4 requests, off the hot path), and leaves it to the webhook delivery run
+(``shared.webhooks.dispatcher``, every 10 s), which calls ``sync_count`` for the account of every event it
+processes: a sign-in always writes events in the same transaction as the row, and a sync run at any time after
+the write brings the count to what the row says (``shared.storage.tables.counts``, "Keeping it in step"). A replace
+of a row read here that changes its app still syncs the app it leaves at once (the delivery run knows only the app
+the row has now); a sign-in's row is built from scratch, so a sign-in that moves an account to another app leaves
+the old app's count to ``reconcile_counts``, as before. Every other writer keeps syncing at once.
 """
 
 from __future__ import annotations
@@ -95,10 +104,12 @@ def get_account(account_id: str) -> Account | None:
     return None if entity is None else Account.from_entity(entity)
 
 
-def insert_account(account: Account, events: Sequence[EventRow] = ()) -> bool:
+def insert_account(account: Account, events: Sequence[EventRow] = (), *, count_now: bool = True) -> bool:
     """True when created; False when the id exists already (the caller then updates it).
 
     ``events`` (``shared.storage.tables.outbox``) are written in the same transaction: all rows or none.
+    ``count_now=False`` (the sign-in callback, with ``events``): no count sync here; the delivery run of the events
+    syncs it (module docstring).
     """
     try:
         with storage_errors():
@@ -108,14 +119,16 @@ def insert_account(account: Account, events: Sequence[EventRow] = ()) -> bool:
                 table(TABLE).create_entity(account.to_entity(account.account))
     except Conflict:
         return False
-    _recount(account.account, account.appId)
+    if count_now:
+        _recount(account.account, account.appId)
     return True
 
 
-def replace_account(account: Account, events: Sequence[EventRow] = ()) -> bool:
+def replace_account(account: Account, events: Sequence[EventRow] = (), *, count_now: bool = True) -> bool:
     """Replace the row read as ``account`` (its etag); False when someone else changed it meanwhile.
 
-    ``events`` are written in the same transaction (they share the account's partition).
+    ``events`` are written in the same transaction (they share the account's partition). ``count_now=False``: as
+    ``insert_account``'s, except that the app an account leaves is still synced here.
     """
     if not events:
         if update_if_unchanged(table(TABLE), account.to_entity(account.account), account.etag) is None:
@@ -133,8 +146,9 @@ def replace_account(account: Account, events: Sequence[EventRow] = ()) -> bool:
             return False
     if account._stored != (account.appId, account.state):  # the counted state may have changed
         if account._stored is not None and account._stored[0] != account.appId:
-            _recount(account.account, account._stored[0])
-        _recount(account.account, account.appId)
+            _recount(account.account, account._stored[0])  # the delivery run syncs only the app the row has now
+        if count_now:
+            _recount(account.account, account.appId)
     return True
 
 
@@ -242,6 +256,20 @@ def _recount(account_id: str, app_id: str) -> None:
     except Exception as exc:  # noqa: BLE001 - reconcile_counts (the storage sweeper) catches up
         log.warning("account %s: its count could not be updated now (%s); the sweeper will", account_id,
                     type(exc).__name__)
+
+
+def sync_count(account_id: str) -> None:
+    """Sync the account's count under the app its row has now; nothing when the row is gone (its delete synced).
+    Best effort, as ``_recount``. The webhook delivery run calls it for the account of every event it processes,
+    which is how a sign-in (``count_now=False``) gets counted: 1 read more than ``_recount`` (the row's app)."""
+    try:
+        account = get_account(account_id)
+    except Exception as exc:  # noqa: BLE001 - reconcile_counts (the storage sweeper) catches up
+        log.warning("account %s: its count could not be updated now (%s); the sweeper will", account_id,
+                    type(exc).__name__)
+        return
+    if account is not None:
+        _recount(account_id, account.appId)
 
 
 def count_accounts(app_ids: Sequence[str], state: str | None = None) -> int:

@@ -54,7 +54,10 @@ class OAuthApp(Record):
     baseScopes: BaseScopes = "imap"
     extraScopes: list[str] = []
     enabled: bool = True
-    secretName: str
+    # Where the client secret is (shared.storage.sealed): its secret-store name (keyvault mode), or sealed here
+    # (envelope mode; secretName is then "").
+    secretName: str = ""
+    sealedClientSecret: str | None = None
     created: datetime
     updated: datetime
 

@@ -28,17 +28,28 @@ Keeping it in step (``sync``)
     count) says what the account row says. Syncs of one shard also meet on its count row, so ``SHARDS``
     partitions spread concurrent sign-ins of one app.
 
+    Who syncs, and when: every writer syncs right after its write, except the sign-in callback (the hot path:
+    the sync would be 4 of its Table requests). Its write always carries event rows in the same transaction
+    (``shared.core.events``), and the webhook delivery run (``shared.webhooks.dispatcher``, every 10 s, with or
+    without webhook targets) syncs the account of every event it processes. Since a sync is right whenever it runs
+    after the write, and any number of syncs converge, this is the same guarantee, later: after a sign-in,
+    ``total`` includes the new account once the next delivery run has processed its event (<= 10 s); other
+    writes (API delete, changes of state, ``POST /v1/account``) count at once.
+
 When a sync cannot finish
-    A crash between the account write and its sync, or storage failing for the sync only, leaves the count off
-    by that account until the storage sweeper's reconciliation (``shared.storage.tables.accounts.reconcile_counts``,
-    a bounded walk over the accounts compared with their membership rows, resuming where it stopped) syncs it.
+    A crash between the account write and its sync, or storage failing for the sync only (or, after a sign-in, a
+    lost delivery run), leaves the count off by that account until the storage sweeper's reconciliation
+    (``shared.storage.tables.accounts.reconcile_counts``, a bounded walk over the accounts compared with their
+    membership rows, resuming where it stopped) syncs it.
     The same walk counts the accounts of a deployment upgraded from a version without counts, and deletes
     tombstones older than ``TOMBSTONE_AGE`` (no sync lives that long, so none can still hold their ETag).
 
 Costs
     Per insert, delete or change of state: 3 round trips (4 requests) after the write: the membership and count
     rows (two point reads in parallel), the account row, the transaction; more only under contention. Other
-    writes (a rename, an access check) cost nothing.
+    writes (a rename, an access check) cost nothing. The sign-in callback pays none of them: the delivery run
+    pays them instead, plus one read of the account row (its app), once per account per run, off the request
+    path; it also syncs (needlessly, harmlessly) the accounts of events other writers have synced already.
     Per count: one point read per shard and app (``SHARDS`` x apps, issued in parallel). Rows: one per account
     and app ever counted (tombstones are swept), plus ``SHARDS`` per app.
 """
