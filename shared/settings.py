@@ -71,6 +71,9 @@ class Settings(BaseModel):
     # a revoked token, or a disabled, deleted or changed app, is seen by every instance within this many
     # seconds (the instance that made the change at once). 0: no cache, one Table read per check.
     auth_cache_seconds: float = Field(5.0, alias="MC_AUTH_CACHE_SECONDS", ge=0, le=60)
+    # GET /v1/accounts's total: each count shard row is kept by the instance this many seconds (the instance that
+    # changes a count reads it again at once). 0: read on every listing (8 point reads per OAuth app).
+    count_cache_seconds: float = Field(5.0, alias="MC_COUNT_CACHE_SECONDS", ge=0, le=300)
     # Logging (shared/web/logs.py): our loggers (None: the host's level, INFO as deployed) and the libraries'
     # (azure.*, msal, urllib3). Applied when the function app is imported (from the environment) and again at
     # the first request (from these settings).

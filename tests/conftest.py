@@ -75,12 +75,14 @@ def _reset() -> None:
     from shared.handoff.tokens import reset_token_cache
     from shared.microsoft.identity import _http_cache
     from shared.storage.datakeys import reset_data_keys
+    from shared.storage.tables.counts import reset_count_cache
     from shared.storage.keys import reset_keys
     from shared.storage.secrets.factory import reset_secret_store
 
     get_settings.cache_clear()
     reset_keys()  # the signing key ring read from a Key Vault fake of an earlier test
     reset_data_keys()  # the data keys (envelope mode) of an earlier test's tables
+    reset_count_cache()  # account counts read by an earlier test
     reset_clients()
     reset_secret_store()
     _http_cache.clear()  # MSAL discovery is keyed by URL, and fakes of different tests may reuse a port

@@ -334,6 +334,47 @@ def test_the_sweeper_repairs_counts_a_crash_or_an_older_version_left(service, mo
     assert sorted(row["account"] for row in members) == ["kept-0", "kept-1", "kept-2", "raw-0", "raw-1"]
 
 
+def test_counts_are_kept_per_instance_for_a_bounded_time(service, set_env, monkeypatch):
+    """MC_COUNT_CACHE_SECONDS (issue 14): a listing reads the count rows once per that many seconds; a count another
+    instance changes shows once they have passed, one this instance changes at once. The cache's clock is the
+    test's (no sleeping)."""
+    import time
+
+    clock = type("Clock", (), {"now": 1000.0, "monotonic": lambda self: self.now, "sleep": staticmethod(time.sleep)})()
+    monkeypatch.setattr(counts, "time", clock)
+    set_env(MC_COUNT_CACHE_SECONDS="5")
+    for i in range(2):
+        write_account(service, f"c-{i}", f"c{i}@contoso.com")
+    clock.now += 0.01  # the clock moves on after this instance's own count changes
+    assert listing(service, page=0, pageSize=1)["total"] == 2
+    reads: list[str] = []
+    point_read = counts.get_or_none
+    monkeypatch.setattr(counts, "get_or_none", lambda client, pk, rk: reads.append(pk) or point_read(client, pk, rk))
+    assert listing(service, page=0, pageSize=1)["total"] == 2
+    assert reads == [], "warm: no count row read"
+
+    write_account_elsewhere(service, "c-2", "c2@contoso.com")
+    clock.now += 4.9
+    assert listing(service, page=0, pageSize=1)["total"] == 2  # this instance's count, inside the bound
+    clock.now += 0.2
+    assert listing(service, page=0, pageSize=1)["total"] == 3  # past the bound: read again
+    # This instance deletes one: its own change counts at once.
+    assert service.api("DELETE", "/v1/account/c-0").status_code == 200
+    clock.now += 0.01
+    assert listing(service, page=0, pageSize=1)["total"] == 2
+    assert accounts.count_accounts([service.app.id]) == 2
+
+
+def write_account_elsewhere(service, account_id: str, email: str):
+    """An account written and counted by another instance: the rows change, this process's cache is not told."""
+    forgotten = dict(counts._forgotten)
+    row = write_account(service, account_id, email)
+    with counts._cache_lock:  # undo this process's own invalidation: as if the sync ran on another instance
+        counts._forgotten.clear()
+        counts._forgotten.update(forgotten)
+    return row
+
+
 # --- GET /v1/account/{account} --------------------------------------------------------------------------------
 
 def test_an_account_reads_as_emailengine_describes_it(service, identity):

@@ -167,6 +167,8 @@ resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
     // API tokens and OAuth apps are cached per instance this long: a revocation is effective everywhere
     // within it (0: no cache).
     MC_AUTH_CACHE_SECONDS: '5'
+    // GET /v1/accounts's total: count rows kept per instance this many seconds (shared/storage/tables/counts.py).
+    MC_COUNT_CACHE_SECONDS: '5'
   }
 }
 

@@ -200,13 +200,15 @@ def scan_page(filter: str | None, parameters: dict[str, Any], page_size: int, co
 
 def get_many(account_ids: Sequence[str]) -> dict[str, Account]:
     """The accounts that exist among ``account_ids``: point reads, up to 16 at a time."""
+    import contextvars
     from concurrent.futures import ThreadPoolExecutor
 
     ids = list(dict.fromkeys(account_ids))
     if not ids:
         return {}
+    context = contextvars.copy_context()  # the request's call counters (shared.web.logs) see the pool's reads
     with ThreadPoolExecutor(max_workers=min(16, len(ids))) as pool:
-        found = list(pool.map(get_account, ids))
+        found = list(pool.map(lambda account_id: context.copy().run(get_account, account_id), ids))
     return {account.account: account for account in found if account is not None}
 
 

@@ -56,6 +56,7 @@ Costs
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import random
 import threading
@@ -66,6 +67,7 @@ from datetime import datetime, timedelta
 from typing import Any, Final, get_args
 
 from shared.schemas import AccountState
+from shared.settings import get_settings
 from shared.storage.errors import Conflict, NotFound, storage_errors
 from shared.storage.tables.client import table
 from shared.storage.tables.concurrency import ConcurrentChange
@@ -120,6 +122,8 @@ def sync(app_id: str, account_id: str, current: Current, *, attempts: int = SYNC
                 client.submit_transaction(operations)
         except (Conflict, NotFound):  # another sync of this account or shard got there first
             continue
+        if want != have:
+            _forget(pk)  # this instance's next count reads the shard again
         return want != have
     raise ConcurrentChange(f"the count of account {account_id!r} kept changing: {attempts} attempts lost")
 
@@ -157,18 +161,57 @@ def _moved(pk: str, counter: Any | None, have: str, want: str) -> dict[str, Any]
 # --- reading it -----------------------------------------------------------------------------------------------
 
 def count(app_ids: Iterable[str], state: str | None = None) -> int:
-    """How many accounts the apps have (in ``state``, if given): ``SHARDS`` point reads per app, in parallel."""
+    """How many accounts the apps have (in ``state``, if given): ``SHARDS`` point reads per app, in parallel, each
+    kept by this instance for ``MC_COUNT_CACHE_SECONDS`` (issue 14: a listing page costs its query, not 8 reads
+    per app). A count this instance changed is read again at once; another instance's change shows within that
+    many seconds (a sign-in's own count waits for the next delivery run anyway: module docstring)."""
     keys = [partition(app, shard) for app in dict.fromkeys(app_ids) for shard in range(SHARDS)]
     if not keys:
         return 0
-    client = table(TABLE)
+    settings = get_settings()
+    client = table(TABLE, settings)
     field = state or "total"
+    scope = (settings.tables_connection_string, settings.tables_endpoint, settings.table_name(TABLE))
+    ttl = settings.count_cache_seconds
 
     def read(pk: str) -> int:
-        row = get_or_none(client, pk, COUNT_ROW)
+        started = time.monotonic()
+        with _cache_lock:
+            hit = _cache.get((scope, pk))
+        if hit is not None and started - hit[0] < ttl and hit[0] > _forgotten.get(pk, float("-inf")):
+            row = hit[1]
+        else:
+            row = get_or_none(client, pk, COUNT_ROW)
+            row = dict(row) if row is not None else None
+            if ttl > 0:
+                with _cache_lock:
+                    if len(_cache) > 10_000:
+                        _cache.clear()
+                    _cache[(scope, pk)] = (started, row)
         return int(row.get(field) or 0) if row is not None else 0
 
-    return max(0, sum(_pool().map(read, keys)))
+    context = contextvars.copy_context()  # the request's call counters (shared.web.logs) see the pool's reads
+    return max(0, sum(_pool().map(lambda pk: context.copy().run(read, pk), keys)))
+
+
+_cache_lock = threading.Lock()
+_cache: dict[tuple[tuple, str], tuple[float, dict | None]] = {}  # (scope, partition) -> (read started, count row)
+_forgotten: dict[str, float] = {}  # partition -> when this instance last changed its count
+
+
+def _forget(pk: str) -> None:
+    with _cache_lock:
+        if len(_forgotten) > 10_000:
+            _forgotten.clear()
+            _cache.clear()
+        _forgotten[pk] = time.monotonic()
+
+
+def reset_count_cache() -> None:
+    """Forget every count this instance holds (tests)."""
+    with _cache_lock:
+        _cache.clear()
+        _forgotten.clear()
 
 
 _readers: list[ThreadPoolExecutor] = []
