@@ -75,9 +75,9 @@ def _reset() -> None:
     from shared.handoff.tokens import reset_token_cache
     from shared.microsoft.identity import _http_cache
     from shared.storage.datakeys import reset_data_keys
-    from shared.storage.tables.counts import reset_count_cache
     from shared.storage.keys import reset_keys
     from shared.storage.secrets.factory import reset_secret_store
+    from shared.storage.tables.counts import reset_count_cache
 
     get_settings.cache_clear()
     reset_keys()  # the signing key ring read from a Key Vault fake of an earlier test
