@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import re
 import time
 from dataclasses import dataclass
 
@@ -31,12 +32,17 @@ class UnknownKey(BadSignature):
     """The signature names a key id this ring does not hold (a newer key, or a retired or foreign one)."""
 
 
+_B64URL = re.compile(r"[A-Za-z0-9_-]*")
+
+
 def b64url_encode(raw: bytes) -> str:
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
 
 
 def b64url_decode(text: str) -> bytes:
-    if not isinstance(text, str) or not text.isascii():
+    """The bytes of unpadded base64url text, as ``b64url_encode`` writes it; anything else (padding, other
+    characters) is refused, so one value has one spelling (a tampered-but-equivalent cookie does not open)."""
+    if not isinstance(text, str) or not _B64URL.fullmatch(text) or len(text) % 4 == 1:
         raise ValueError("not base64url")
     try:
         return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
