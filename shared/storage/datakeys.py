@@ -35,9 +35,10 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from shared.settings import Settings
+from shared.storage.refreshing import Refreshing
 from shared.storage.secrets.base import SecretStoreError
 from shared.storage.tables.client import table
 from shared.storage.tables.records import create_if_absent, get_or_none, update_if_unchanged, utcnow
@@ -104,87 +105,67 @@ def _wrapped_new_key(settings: Settings) -> tuple[str, bytes, WrappedKey]:
     return new_key_id(), key, WrappedKey(kek, wrapped, utcnow().isoformat())
 
 
-@dataclass
-class _Held:
-    ring: Ring
-    read_at: float
-    forced_at: float = float("-inf")
-    keys: dict[str, bytes] = field(default_factory=dict)  # unwrapped, by key id
+def _rotation_logged(old: Ring, new: Ring) -> None:
+    if old.current != new.current:
+        log.info("data key rotated: sealing with key id %s from now", new.current)
 
 
 class DataKeys:
-    """The data keys of one process (one instance); tests build several to play several instances."""
+    """The data keys of one process (one instance): the ring held as ``shared.storage.refreshing`` holds values,
+    and the keys it unwrapped. Tests build several to play several instances."""
 
     def __init__(self, *, clock: Callable[[], float] = time.monotonic, ttl: float = REFRESH_SECONDS,
                  forced_min: float = FORCED_REFRESH_SECONDS) -> None:
-        self.clock, self.ttl, self.forced_min = clock, ttl, forced_min
+        self._rings: Refreshing[Ring] = Refreshing(lambda settings: load_ring(settings, create=True),
+                                                   "the data-key ring", clock=clock, ttl=ttl, forced_min=forced_min,
+                                                   on_change=_rotation_logged)
         self._lock = threading.Lock()
-        self._held: dict[tuple, _Held] = {}
+        self._unwrapped: dict[tuple, bytes] = {}  # (slot, key id) -> key
 
     def current(self, settings: Settings) -> tuple[str, bytes]:
         """The key id and key that seal new ciphertext (creating the ring on first use)."""
-        held = self._ring(settings)
-        return held.ring.current, self._unwrap(settings, held, held.ring.current)
+        ring = self._ring(settings)
+        return ring.current, self._unwrap(settings, ring, ring.current)
 
     def key(self, settings: Settings, kid: str) -> bytes:
         """The key ``kid``; ``UnknownDataKey`` when the ring does not hold it, even after reading it again."""
-        held = self._ring(settings)
-        if kid not in held.ring.keys:
-            held = self._ring(settings, force=True)
-            if kid not in held.ring.keys:
+        ring = self._ring(settings)
+        if kid not in ring.keys:
+            ring = self._ring(settings, force=True)
+            if kid not in ring.keys:
                 raise UnknownDataKey(f"no data key {kid!r} in the ring")
-        return self._unwrap(settings, held, kid)
+        return self._unwrap(settings, ring, kid)
 
     def current_id(self, settings: Settings) -> str:
-        return self._ring(settings).ring.current
+        return self._ring(settings).current
 
     def clear(self) -> None:
+        self._rings.clear()
         with self._lock:
-            self._held.clear()
+            self._unwrapped.clear()
 
-    def _slot(self, settings: Settings) -> tuple:
+    @staticmethod
+    def _slot(settings: Settings) -> tuple:
         return (settings.tables_connection_string, settings.tables_endpoint, settings.table_prefix,
                 settings.key_vault_url, settings.local_secret_key)
 
-    def _ring(self, settings: Settings, *, force: bool = False) -> _Held:
-        slot = self._slot(settings)
-        now = self.clock()
-        with self._lock:
-            held = self._held.get(slot)
-            if held is not None:
-                due = now - held.read_at >= self.ttl
-                if force and now - held.forced_at >= self.forced_min:
-                    held.forced_at = now
-                    due = True
-                if not due:
-                    return held
-                held.read_at = now  # the others keep the held ring meanwhile
-        try:
-            ring = load_ring(settings, create=True)
-        except Exception as exc:
-            if held is None:
-                raise
-            log.warning("the data-key ring could not be read again (%s); keeping the one held", type(exc).__name__)
-            return held
-        with self._lock:
-            if held is not None and held.ring.current != ring.current:
-                log.info("data key rotated: sealing with key id %s from now", ring.current)
-            fresh = _Held(ring, now, held.forced_at if held is not None else float("-inf"),
-                          dict(held.keys) if held is not None else {})
-            self._held[slot] = fresh
-        return fresh
+    def _ring(self, settings: Settings, *, force: bool = False) -> Ring:
+        return self._rings.get(settings, self._slot(settings), force=force)
 
-    def _unwrap(self, settings: Settings, held: _Held, kid: str) -> bytes:
-        key = held.keys.get(kid)
+    def _unwrap(self, settings: Settings, ring: Ring, kid: str) -> bytes:
+        slot = (self._slot(settings), kid)
+        with self._lock:
+            key = self._unwrapped.get(slot)
         if key is not None:
             return key
         from shared.storage.secrets.factory import get_key_wrapper
 
-        wrapped = held.ring.keys[kid]
+        wrapped = ring.keys[kid]
         key = get_key_wrapper(settings).unwrap(wrapped.kek, wrapped.wrapped)
         if len(key) != 32:
             raise SecretStoreError(f"data key {kid!r} is not a 256-bit key")
-        held.keys[kid] = key
+        with self._lock:
+            self._unwrapped[slot] = key
         return key
 
 

@@ -26,13 +26,12 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from shared.settings import Settings, SettingsError, get_settings
 from shared.signing import KeyRing, RingSigner, UnknownKey, key_id
+from shared.storage.refreshing import Refreshing
 
 SIGNING_KEY_SECRET = "mc-signing-key"
 REFRESH_SECONDS = 300.0  # an instance re-reads the key ring at most this often (on use)
@@ -83,63 +82,40 @@ def rotated(ring: KeyRing, new_key: str, *, grace_seconds: float, now: float | N
     return KeyRing(new_key.encode(), ring.current, now + grace_seconds)
 
 
-@dataclass
-class _Held:
-    ring: KeyRing
-    read_at: float  # clock() when read
-    forced_at: float = float("-inf")  # clock() of the last read forced by an unknown key id
+def _rotation_logged(old: KeyRing, new: KeyRing) -> None:
+    if old.current != new.current:
+        log.info("the signing key was rotated: signing with key id %s from now", key_id(new.current))
 
 
 class KeyCache:
-    """The key ring of one process (one instance), re-read at most every ``ttl`` seconds of ``clock``.
-
-    The module keeps one (:func:`signing_keys`); tests build several to play several instances.
-    """
+    """The key ring of one process (one instance), re-read at most every ``ttl`` seconds of ``clock``
+    (``shared.storage.refreshing``). The module keeps one (:func:`signing_keys`); tests build several to play
+    several instances."""
 
     def __init__(self, *, clock: Callable[[], float] = time.monotonic, ttl: float = REFRESH_SECONDS,
                  forced_min: float = FORCED_REFRESH_SECONDS) -> None:
-        self.clock, self.ttl, self.forced_min = clock, ttl, forced_min
-        self._lock = threading.Lock()
-        self._held: dict[tuple, _Held] = {}
+        self._rings: Refreshing[KeyRing] = Refreshing(lambda s: _load(s), "the signing key ring", clock=clock, ttl=ttl,
+                                                      forced_min=forced_min, on_change=_rotation_logged)
+
+    @property
+    def clock(self) -> Callable[[], float]:
+        return self._rings.clock
+
+    @clock.setter
+    def clock(self, value: Callable[[], float]) -> None:  # tests move an instance's clock
+        self._rings.clock = value
 
     def ring(self, settings: Settings, *, force: bool = False) -> KeyRing:
-        """The ring; read again when older than ``ttl``, or when ``force`` (unknown key id; rate limited).
-
-        While one caller reads it again, the others go on with the ring held; a failed read keeps it (and is
-        tried again after another ``ttl``). Only the very first read of a process can fail a request.
-        """
-        key = (settings.signing_key, settings.key_vault_url, settings.in_azure)
-        now = self.clock()
-        with self._lock:
-            held = self._held.get(key)
-            if held is not None:
-                due = now - held.read_at >= self.ttl
-                if force and now - held.forced_at >= self.forced_min:
-                    held.forced_at = now
-                    due = True
-                if not due:
-                    return held.ring
-                held.read_at = now  # the others keep the held ring meanwhile
-        try:
-            ring = _load(settings)
-        except Exception as exc:
-            if held is None:
-                raise
-            log.warning("the signing key ring could not be read again (%s); keeping the one held",
-                        type(exc).__name__)
-            return held.ring
-        with self._lock:
-            if held is not None and held.ring.current != ring.current:
-                log.info("the signing key was rotated: signing with key id %s from now", key_id(ring.current))
-            self._held[key] = _Held(ring, now, held.forced_at if held is not None else float("-inf"))
-        return ring
+        """The ring; read again when older than ``ttl``, or when ``force`` (a signature names a key id this instance
+        does not hold; rate limited)."""
+        return self._rings.get(settings, (settings.signing_key, settings.key_vault_url, settings.in_azure),
+                               force=force)
 
     def signer(self, settings: Settings, purpose: str) -> RefreshingSigner:
         return RefreshingSigner(self, settings, purpose)
 
     def clear(self) -> None:
-        with self._lock:
-            self._held.clear()
+        self._rings.clear()
 
 
 class RefreshingSigner:

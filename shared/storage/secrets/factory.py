@@ -23,7 +23,8 @@ from __future__ import annotations
 import base64
 import binascii
 import threading
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 from urllib.parse import urlparse
 
 from shared.settings import Settings, SettingsError, get_settings
@@ -43,40 +44,36 @@ class SecretStoreConfigError(SecretStoreError, SettingsError):
 
 
 _lock = threading.Lock()
-_cached: tuple[Settings, SecretStore] | None = None
-_cached_wrapper: tuple[Settings, KeyWrapper] | None = None
+_built: dict[str, tuple[Settings, object]] = {}  # what -> (the settings it was built for, it)
+T = TypeVar("T")
+
+
+def _once(what: str, settings: Settings | None, build: Callable[[Settings], T]) -> T:
+    """``build(settings)``, made once per process and settings object (``get_settings()`` is itself cached)."""
+    settings = settings or get_settings()
+    with _lock:
+        held = _built.get(what)
+        if held is not None and held[0] is settings:
+            return cast(T, held[1])
+        value = build(settings)
+        _built[what] = (settings, value)
+        return value
 
 
 def get_secret_store(settings: Settings | None = None) -> SecretStore:
     """The process's secret store for ``settings`` (default: ``get_settings()``), built on first use."""
-    global _cached
-    settings = settings or get_settings()
-    with _lock:
-        if _cached is not None and _cached[0] is settings:
-            return _cached[1]
-        store = build_secret_store(settings)
-        _cached = (settings, store)
-        return store
-
-
-def reset_secret_store() -> None:
-    """Forget the cached store and key wrapper (tests switch settings between runs)."""
-    global _cached, _cached_wrapper
-    with _lock:
-        _cached = None
-        _cached_wrapper = None
+    return _once("store", settings, build_secret_store)
 
 
 def get_key_wrapper(settings: Settings | None = None) -> KeyWrapper:
     """The process's key wrapper (envelope mode's KEK) for ``settings``, built on first use."""
-    global _cached_wrapper
-    settings = settings or get_settings()
+    return _once("wrapper", settings, build_key_wrapper)
+
+
+def reset_secret_store() -> None:
+    """Forget the cached store and key wrapper (tests switch settings between runs)."""
     with _lock:
-        if _cached_wrapper is not None and _cached_wrapper[0] is settings:
-            return _cached_wrapper[1]
-        wrapper = build_key_wrapper(settings)
-        _cached_wrapper = (settings, wrapper)
-        return wrapper
+        _built.clear()
 
 
 def build_key_wrapper(settings: Settings) -> KeyWrapper:
