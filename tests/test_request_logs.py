@@ -13,6 +13,7 @@ import logging
 import os
 import re
 import secrets
+import time
 from collections.abc import Iterator
 from urllib.parse import urlsplit
 
@@ -58,6 +59,11 @@ def lines_of(service: ServiceProcess, mark: int, requests_made: int, function: s
     """(level, logger, line) of every line the requests since ``mark`` left after host.json's filter, the local
     host's own request line excepted (it stands for the real host's, which host.json filters: checked below)."""
     records = service.wait_requests(mark, requests_made)
+    deadline = time.monotonic() + 5  # the request line may still be in the pipe behind the host's own line
+    while not any(r.logger == "mailbox_connect.request" and f"function={function} " in r.lines[0] for r in records) \
+            and time.monotonic() < deadline:
+        time.sleep(0.02)
+        records = service.since(mark)
     levels = host_log_levels()
     return [(r.level, r.logger, line) for r in records if r.logger != "localhost"
             and passes(r.level, function, levels) for line in r.lines]
