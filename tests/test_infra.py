@@ -114,7 +114,7 @@ APP_IDENTITY_ROLES = {
     "monitoringMetricsPublisher",
 }
 DEPLOY_IDENTITY_ROLES = {"storageBlobDataContributor"}
-ADMIN_ROLES = {"storageTableDataContributor", "keyVaultSecretsOfficer"}
+ADMIN_ROLES = {"storageTableDataContributor", "keyVaultSecretsOfficer", "keyVaultCryptoServiceEncryptionUser"}
 
 # Outputs azd saves, the hook reads and docs/deploy.md uses.
 REQUIRED_OUTPUTS = {
@@ -544,6 +544,7 @@ def test_role_assignments(bicep):
                if key.startswith("identityPrincipalId:"))
     # The key role reaches the one key, not the vault's other keys.
     assert scopes["identityPrincipalId:keyVaultCryptoServiceEncryptionUser"] == "dataKey"
+    assert scopes["adminPrincipalId:keyVaultCryptoServiceEncryptionUser"] == "dataKey"
 
 
 def test_runtime_key_vault_role_is_secrets_officer_without_purge_backup_restore(bicep):

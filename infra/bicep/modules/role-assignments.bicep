@@ -164,7 +164,8 @@ resource deployPackage 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
 }
 
 // The admin: the admin CLI writes API-token hashes and OAuth apps (tables) and client secrets (Key Vault);
-// the postprovision hook writes the signing key.
+// the postprovision hook writes the signing key; in envelope mode (MC_SECRET_MODE) the CLI's add-app,
+// rotate-data-key and migrate-secrets seal with the data keys, which takes wrap/unwrap on the one key.
 resource adminTables 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty(adminPrincipalId)) {
   name: guid(storage.id, adminPrincipalId, storageTableDataContributor)
   scope: storage
@@ -182,5 +183,15 @@ resource adminSecrets 'Microsoft.Authorization/roleAssignments@2022-04-01' = if 
     principalId: adminPrincipalId
     principalType: empty(adminPrincipalType) ? null : adminPrincipalType
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', keyVaultSecretsOfficer)
+  }
+}
+
+resource adminDataKey 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty(adminPrincipalId)) {
+  name: guid(dataKey.id, adminPrincipalId, keyVaultCryptoServiceEncryptionUser)
+  scope: dataKey
+  properties: {
+    principalId: adminPrincipalId
+    principalType: empty(adminPrincipalType) ? null : adminPrincipalType
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', keyVaultCryptoServiceEncryptionUser)
   }
 }
