@@ -27,9 +27,10 @@ from typing import Any
 from shared.storage.secrets.base import SecretNotFound
 from shared.storage.secrets.factory import get_secret_store
 from shared.storage.tables.client import table
+from shared.storage.tables.principals import SECRET_PREFIX as PRINCIPAL_SECRET_PREFIX
 from tests.service import APP_REDIRECT, Browser, query
 
-SECRET_PREFIX = "rt-"  # shared.signin.flow.credential_secret_name
+SECRET_PREFIX = PRINCIPAL_SECRET_PREFIX  # the names principals.secret_name gives
 
 
 # --- sign-in helpers ----------------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ from shared.admin import accounts as admin_accounts
 from shared.core import account_state
 from shared.core.sweeper import run_sweeper
 from shared.settings import get_settings
-from shared.signin.flow import credential_id, credential_secret_name, derived_account_id
+from shared.signin.flow import credential_id, derived_account_id
 from shared.storage.secrets.base import SecretNotFound
 from shared.storage.secrets.factory import get_secret_store
 from shared.storage.tables import accounts, counts, outbox, principals
@@ -442,7 +442,7 @@ def test_delete_answers_emailengines_shape_and_revoke_destroys_the_grant_held_he
     dora = identity.add_user("dora@contoso.com")
     own = connect(service, dora, account="dora")
     shared = connect(service, dora, account="dora-shared", email=SHARED, delegated=True)
-    secret = credential_secret_name(credential_id(service.app.id, dora.tid, dora.oid))
+    secret = principals.secret_name(credential_id(service.app.id, dora.tid, dora.oid))
 
     response = service.api("DELETE", f"/v1/account/{own}")
     assert response.status_code == 200 and response.json() == {"account": "dora", "deleted": True}

@@ -9,7 +9,7 @@ from datetime import timedelta
 import pytest
 
 from shared.core import apps as oauth_apps
-from shared.signin.flow import credential_id, credential_secret_name
+from shared.signin.flow import credential_id
 from shared.storage.secrets.base import SecretNotFound
 from shared.storage.secrets.factory import get_secret_store
 from shared.storage.tables import accounts, principals
@@ -488,7 +488,7 @@ def test_deleting_accounts_of_a_shared_credential(service, identity):
     sales = connect(service, identity, user, account="sales", email="sales@contoso.com", delegated=True)
     billing = connect(service, identity, user, account="billing", email="billing@contoso.com", delegated=True)
     cred = credential_id(service.app.id, user.tid, user.oid)
-    secret = credential_secret_name(cred)
+    secret = principals.secret_name(cred)
     assert sorted(principals.account_ids(cred)) == ["billing", "sales"]
 
     response = service.api("DELETE", f"/v1/account/{sales}")

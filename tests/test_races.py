@@ -34,7 +34,7 @@ import pytest
 
 from shared.microsoft.identity import refresh
 from shared.settings import get_settings
-from shared.signin.flow import credential_id, credential_secret_name
+from shared.signin.flow import credential_id
 from shared.storage.secrets.factory import get_secret_store
 from shared.storage.tables import principals
 from shared.storage.tables.client import table
@@ -208,7 +208,7 @@ def test_fifty_parallel_token_requests_refresh_once_and_keep_a_valid_refresh_tok
     assert 1 <= refreshes <= 3, refreshes
     assert len({a.json()["accessToken"] for a in answers}) <= refreshes
     # Rotated once: keyvault mode writes the secret; envelope mode seals it into the credential row's write.
-    assert writes == ([credential_secret_name(cred)] if secret_mode == "keyvault" else []), writes
+    assert writes == ([principals.secret_name(cred)] if secret_mode == "keyvault" else []), writes
     rotated = principals.get_credential(cred)
     assert utcnow() - rotated.tokenWrittenAt < timedelta(minutes=1)
     assert_works(service, stored_refresh_token(rotated))

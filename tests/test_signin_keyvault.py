@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from shared.signin.flow import credential_id, credential_secret_name
+from shared.signin.flow import credential_id
 from shared.storage.tables import principals
 from shared.storage.tables.client import table
 from tests.service import query, session
@@ -20,7 +20,7 @@ def test_refresh_tokens_go_to_key_vault_once_per_signer(service, identity, keyva
     for body in ({"email": "a@contoso.com", "delegated": True}, {"email": "b@contoso.com", "delegated": True}, {}):
         assert service.sign_in(service.link(**body), user).result["state"] == "new"
     cred = credential_id(service.app.id, user.tid, user.oid)
-    name = credential_secret_name(cred)
+    name = principals.secret_name(cred)
     assert sorted(keyvault.secrets) == sorted([service.app.secretName, name])
     assert keyvault.current(name)["value"]
     assert len(principals.account_ids(cred)) == 3

@@ -13,7 +13,7 @@ import pytest
 
 from shared.core.sweeper import run_sweeper
 from shared.settings import get_settings
-from shared.signin.flow import credential_id, credential_secret_name, derived_account_id
+from shared.signin.flow import credential_id, derived_account_id
 from shared.storage.secrets.base import SecretNotFound
 from shared.storage.secrets.factory import get_secret_store
 from shared.storage.tables import accounts, links, principals
@@ -117,16 +117,16 @@ def test_a_dead_claim_is_taken_over_and_the_link_works_again(service, identity):
     cred = credential_id(service.app.id, user.tid, user.oid)
     # What such a sign-in leaves: the claim, and the secret written before the failure (no credential row yet).
     assert links.claim(nonce, account, utcnow() + timedelta(days=1), owner="dead-state", credential=cred)
-    get_secret_store().set(credential_secret_name(cred), "a refresh token nobody can reach")
+    get_secret_store().set(principals.secret_name(cred), "a refresh token nobody can reach")
     assert Browser().get(link, allow_redirects=False, timeout=30).status_code == 409  # dead
 
     report = run_sweeper(get_settings())  # too young: its sign-in may still be running
     assert report.claims == 0 and links.is_used(nonce)
-    assert secret_exists(credential_secret_name(cred))
+    assert secret_exists(principals.secret_name(cred))
 
     report = run_sweeper(get_settings(), clock=later())
     assert report.claims == 1 and report.credentials == 1
-    assert not links.is_used(nonce) and not secret_exists(credential_secret_name(cred))
+    assert not links.is_used(nonce) and not secret_exists(principals.secret_name(cred))
     assert problems(survey()) == []
     assert connect_with(service, link, user) == account  # the same link works again
     assert problems(survey()) == []

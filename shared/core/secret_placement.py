@@ -122,7 +122,7 @@ def _place_credential(credential: Credential, to: Mode, settings: Settings) -> s
             credential.credentialId)), settings)
         return "moved"
     name = principals.secret_name(credential.credentialId)
-    sealed.put_secret(settings.model_copy(update={"secret_mode": "keyvault"}), name=name, aad=aad, value=value)
+    sealed.put_secret(settings, name=name, aad=aad, value=value, mode="keyvault")
     if principals.change_credential(credential, {"secretName": name, "sealedRefreshToken": None}) is None:
         return "changed"
     return "moved"
@@ -142,7 +142,7 @@ def _place_app(app: OAuthApp, to: Mode, settings: Settings) -> str:
         changed = app.model_copy(update={"sealedClientSecret": sealed.seal(value, aad, settings), "secretName": ""})
     else:
         name = apps.client_secret_name(app.id)
-        sealed.put_secret(settings.model_copy(update={"secret_mode": "keyvault"}), name=name, aad=aad, value=value)
+        sealed.put_secret(settings, name=name, aad=aad, value=value, mode="keyvault")
         changed = app.model_copy(update={"secretName": name, "sealedClientSecret": None})
     changed.etag = app.etag
     if not apps.replace_app(changed):

@@ -180,11 +180,6 @@ def credential_id(app_id: str, tid: str, oid: str) -> str:
     return hashlib.sha256(f"{app_id}:{tid.lower()}:{oid.lower()}".encode()).hexdigest()[:40]
 
 
-def credential_secret_name(cred_id: str) -> str:
-    """The secret-store name of a credential's refresh token in keyvault mode (``principals.secret_name``)."""
-    return principals.secret_name(cred_id)
-
-
 def derived_account_id(tid: str, mailbox: str) -> str:
     """Connecting the same mailbox twice without an account id yields the same account."""
     return hashlib.sha256(f"{tid.lower()}:{mailbox.lower()}".encode()).hexdigest()[:32]

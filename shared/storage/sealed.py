@@ -87,10 +87,10 @@ class Placement:
     sealed: str | None
 
 
-def put_secret(settings: Settings, *, name: str, aad: str, value: str) -> Placement:
-    """Store ``value`` as the mode says (keyvault: writes the secret ``name`` now; envelope: seals, no I/O but a
-    data key the first time) and say what the row must hold."""
-    if settings.secret_mode == "envelope":
+def put_secret(settings: Settings, *, name: str, aad: str, value: str, mode: str | None = None) -> Placement:
+    """Store ``value`` as ``mode`` (default: ``MC_SECRET_MODE``) says (keyvault: writes the secret ``name`` now;
+    envelope: seals, no I/O but a data key the first time) and say what the row must hold."""
+    if (mode or settings.secret_mode) == "envelope":
         return Placement("", seal(value, aad, settings))
     from shared.storage.secrets.factory import get_secret_store
 
